@@ -1,19 +1,32 @@
 """One entry point per use case; the protocol layers (Flight SQL, REST, CLI) only call these.
 
-INTERFACE DRAFT: signatures are fixed, bodies are being written.
+The service owns the moving parts of a query: the registry snapshot it plans against, the plan
+cache, admission control (how many queries run at once), the per-query deadline, and the engine.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
+from cachetools import LRUCache
+from sqlglot import exp
 
+from gateway.engine import Engine, QueryControl, conform_schema
+from gateway.errors import NotFound, ResourceExhausted
+from gateway.names import CATALOG, SYSTEM_SCHEMA
+from gateway.planner import Plan, PlanContext, bind, parse_statement, plan_statement
+from gateway.planner.bind import BoundPlan
+from gateway.planner.plan import Fragment
+from gateway.registry import Catalog, Registry
+from gateway.sources import SourceManager
+from gateway.system_tables import listed_relations, system_table
 from policies import Principal
-
-CATALOG = "mesh"
-"""The one Flight SQL catalog; BI tools send ``mesh.domain.product`` three-part names."""
 
 
 @dataclass(frozen=True)
@@ -32,16 +45,52 @@ class TableInfo:
 class PreparedQuery:
     """A planned statement: what it returns and which parameters it takes."""
 
-    handle: str  # stable id (hash of SQL + principal), usable as a prepared-statement handle
+    handle: str  # stable id (hash of the SQL), usable as a prepared-statement handle
     sql: str
     result_schema: pa.Schema
     parameter_schema: pa.Schema  # one field per `?`/`$n`, in order; empty when none
 
 
+@dataclass(frozen=True)
+class Settings:
+    """Operational limits, from ``meshgate serve`` flags."""
+
+    query_timeout: float = 300.0
+    memory_limit: int = 4 * 1024**3
+    max_concurrent_queries: int = 8
+    max_queued_queries: int = 64
+    plan_cache_size: int = 512
+
+
+@dataclass(frozen=True)
+class _Planned:
+    kind: str  # 'query' | 'explain' | 'show' | 'describe'
+    plan: Plan
+    schema: pa.Schema
+
+
+EXPLAIN_SCHEMA = pa.schema([("step", pa.string()), ("source", pa.string()), ("products", pa.string()), ("sql", pa.string())])
+
+
 class GatewayService:
+    def __init__(self, registry: Registry, settings: Settings = Settings()) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.sources = SourceManager()
+        self.engine = Engine(settings.memory_limit)
+        self._plans: LRUCache[tuple[str, int], _Planned] = LRUCache(maxsize=settings.plan_cache_size)
+        self._plans_lock = threading.Lock()
+        self._admission = _Admission(settings.max_concurrent_queries, settings.max_queued_queries)
+        self.stats = {"plans_built": 0, "plan_cache_hits": 0}
+
+    # --- queries ----------------------------------------------------------------------------
+
     def prepare(self, sql: str, principal: Principal) -> PreparedQuery:
         """Parse and plan ``sql``; raises ``gateway.errors.MeshError`` subclasses."""
-        raise NotImplementedError
+        planned = self._planned(sql)
+        parameters = pa.schema([pa.field(f"${i + 1}", t) for i, t in enumerate(planned.plan.parameter_types)])
+        handle = hashlib.sha256(sql.encode()).hexdigest()[:32]
+        return PreparedQuery(handle, sql, planned.schema, parameters)
 
     def execute(
         self,
@@ -50,15 +99,98 @@ class GatewayService:
         parameters: Sequence[Any] = (),
         is_cancelled: Callable[[], bool] | None = None,
     ) -> pa.RecordBatchReader:
-        """Run a statement and stream its result (batches are at most a few MiB)."""
-        raise NotImplementedError
+        """Run a statement and stream its result (batches of at most a few MiB)."""
+        sql = query.sql if isinstance(query, PreparedQuery) else query
+        planned = self._planned(sql)
+        if planned.kind == "explain":
+            return self._explain(planned.plan, parameters).to_reader()
+        control = QueryControl(
+            deadline=time.monotonic() + self.settings.query_timeout,
+            is_cancelled=is_cancelled or (lambda: False),
+            timeout_seconds=self.settings.query_timeout,
+        )
+        bound = bind(planned.plan, list(parameters))
+        slot = self._admission.enter(control)
+        try:
+            reader = self.engine.execute(bound, control)
+        except BaseException:
+            slot.release()
+            raise
+        return pa.RecordBatchReader.from_batches(reader.schema, _releasing(reader, slot))
+
+    def explain(self, sql: str) -> pa.Table:
+        planned = self._planned(sql)
+        return self._explain(planned.plan, None)
+
+    def _explain(self, plan: Plan, parameters: Sequence[Any] | None) -> pa.Table:
+        bound = bind(plan, list(parameters) if parameters else None)
+        rows: list[tuple[str, str, str, str]] = []
+        for fragment in bound.fragments:
+            source = fragment.connector.display_name if fragment.connector else SYSTEM_SCHEMA
+            rows.append((f"fragment {fragment.name}", source, ", ".join(fragment.products), fragment.sql or "(in memory)"))
+        if bound.passthrough is not None:
+            rows.append(("result", "passthrough", "", f"stream of fragment {bound.passthrough.name}"))
+        else:
+            rows.append(("residual", "datafusion", "", bound.residual_sql))
+        columns = list(zip(*rows))
+        return pa.table([pa.array(list(c), pa.string()) for c in columns], schema=EXPLAIN_SCHEMA)
+
+    def _planned(self, sql: str) -> _Planned:
+        """The cached plan for ``sql`` at the current registry generation, or a new one."""
+        catalog = self.registry.catalog()
+        key = (sql, catalog.generation)
+        with self._plans_lock:
+            cached = self._plans.get(key)
+        if cached is not None:
+            self.stats["plan_cache_hits"] += 1
+            return cached
+        statement = parse_statement(sql)
+        if statement.subject is not None:
+            catalog.resolve(statement.subject.db, statement.subject.name)
+        ctx = PlanContext(catalog, self.sources.connector_for, lambda name: system_table(catalog, name))
+        plan = plan_statement(sql, statement, ctx)
+        schema = EXPLAIN_SCHEMA if statement.kind == "explain" else self._result_schema(plan)
+        planned = _Planned(statement.kind, plan, schema)
+        self.stats["plans_built"] += 1
+        with self._plans_lock:
+            self._plans[key] = planned
+        return planned
+
+    def _result_schema(self, plan: Plan) -> pa.Schema:
+        bound = bind(plan, [None] * len(plan.parameter_types))
+        schemas = {f.name: self._fragment_schema(f, b) for f, b in zip(plan.fragments, bound.fragments)}
+        return self.engine.result_schema(bound, schemas)
+
+    def _fragment_schema(self, fragment: Fragment, bound: Any) -> pa.Schema:
+        """A fragment's output schema: known from the contract for scans, else asked of the source."""
+        if fragment.local_table is not None:
+            return fragment.local_table.schema
+        assert fragment.connector is not None and fragment.expression is not None
+        names = fragment.expression.named_selects
+        if fragment.expected is not None and list(fragment.expected.names) == list(names):
+            return fragment.expected
+        if names == ["__row"]:
+            return pa.schema([("__row", pa.int64())])
+        probe = exp.select("*").from_(fragment.expression.copy().subquery("_probe")).limit(0)
+        for placeholder in list(probe.find_all(exp.Placeholder)):
+            placeholder.replace(exp.Null())
+        scan = fragment.connector.scan(fragment.connector.render(probe))
+        try:
+            return conform_schema(scan.reader.schema, fragment.expected)
+        finally:
+            scan.close()
+
+    # --- metadata -----------------------------------------------------------------------------
 
     def list_catalogs(self) -> list[str]:
-        raise NotImplementedError
+        return [CATALOG]
 
     def list_schemas(self, catalog: str | None, schema_pattern: str | None) -> list[tuple[str, str]]:
         """(catalog, schema) pairs; patterns are SQL LIKE patterns (% and _)."""
-        raise NotImplementedError
+        if catalog not in (None, "", CATALOG):
+            return []
+        domains = [*self.registry.catalog().domains(), SYSTEM_SCHEMA]
+        return [(CATALOG, d) for d in domains if _like(d, schema_pattern)]
 
     def list_tables(
         self,
@@ -67,7 +199,102 @@ class GatewayService:
         table_pattern: str | None,
         table_types: Sequence[str] = (),
     ) -> list[TableInfo]:
-        raise NotImplementedError
+        if catalog not in (None, "", CATALOG):
+            return []
+        snapshot = self.registry.catalog()
+        infos = [
+            TableInfo(
+                CATALOG,
+                domain,
+                name,
+                "VIEW" if d.source.connector == "mesh" else "TABLE",
+                pa.schema([pa.field(c.name, c.type.arrow, nullable=not c.required) for c in d.columns]),
+                d.description,
+            )
+            for domain, name, d in listed_relations(snapshot)
+        ]
+        infos += [
+            TableInfo(CATALOG, SYSTEM_SCHEMA, name, "SYSTEM TABLE", table.schema, f"information_schema.{name}")
+            for name in ("schemata", "tables", "columns")
+            if (table := system_table(snapshot, name)) is not None
+        ]
+        wanted = {t.upper() for t in table_types}
+        return [
+            t
+            for t in infos
+            if _like(t.schema, schema_pattern) and _like(t.name, table_pattern) and (not wanted or t.table_type in wanted)
+        ]
 
     def table_types(self) -> list[str]:
-        raise NotImplementedError
+        return ["SYSTEM TABLE", "TABLE", "VIEW"]
+
+    def catalog(self) -> Catalog:
+        return self.registry.catalog()
+
+    def close(self) -> None:
+        self.engine.close()
+        self.sources.close()
+
+
+class _Slot:
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release = release
+        self._done = False
+
+    def release(self) -> None:
+        if not self._done:
+            self._done = True
+            self._release()
+
+
+class _Admission:
+    """At most ``limit`` queries run at once; up to ``queue`` more wait, the rest are refused."""
+
+    def __init__(self, limit: int, queue: int) -> None:
+        self.limit = limit
+        self.queue = queue
+        self.running = 0
+        self.waiting = 0
+        self._cond = threading.Condition()
+
+    def enter(self, control: QueryControl) -> _Slot:
+        with self._cond:
+            if self.running >= self.limit and self.waiting >= self.queue:
+                raise ResourceExhausted(
+                    f"gateway is at capacity: {self.running} queries running and {self.waiting} waiting "
+                    "(--max-concurrent-queries); retry shortly"
+                )
+            self.waiting += 1
+            try:
+                while self.running >= self.limit:
+                    self._cond.wait(timeout=0.1)
+                    control.check()
+            finally:
+                self.waiting -= 1
+            self.running += 1
+        return _Slot(self._leave)
+
+    def _leave(self) -> None:
+        with self._cond:
+            self.running -= 1
+            self._cond.notify()
+
+
+def _releasing(reader: pa.RecordBatchReader, slot: _Slot) -> Iterator[pa.RecordBatch]:
+    """Yield the reader's batches; free the query's slot when the stream ends or is dropped."""
+    try:
+        yield from reader
+    finally:
+        slot.release()
+        reader.close()
+
+
+def _like(value: str, pattern: str | None) -> bool:
+    """SQL LIKE (``%``, ``_``) as used by Flight SQL metadata filters."""
+    if pattern is None or pattern == "":
+        return True
+    translated = "".join("*" if ch == "%" else "?" if ch == "_" else "[" + ch + "]" if ch in "*?[" else ch for ch in pattern)
+    return fnmatch.fnmatchcase(value, translated)
+
+
+__all__ = ["GatewayService", "NotFound", "PreparedQuery", "Settings", "TableInfo", "BoundPlan"]

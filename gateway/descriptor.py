@@ -1,0 +1,400 @@
+"""The data-product descriptor (``data-product.yaml``): parsing and validation.
+
+The descriptor is the one source of truth for a product, so validation is strict: unknown keys
+are errors, and every problem is reported at once with its path
+(``spec.schema[2].type: unknown type 'strng'``) so an owner fixes a file in one round trip.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from gateway.errors import InvalidDescriptor
+from gateway.types import ContractType, parse_type
+
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-[0-9A-Za-z.-]+)?$")
+DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h|d)$")
+CONNECTORS = ("postgres", "duckdb", "sqlite", "parquet", "flightsql", "mesh")
+RESERVED_DOMAINS = ("mesh", "information_schema", "pg_catalog")
+COMPATIBILITY = tuple(
+    f"{mode}{suffix}" for mode in ("backward", "forward", "full") for suffix in ("", "_transitive")
+) + ("none",)
+MASKS = ("redact", "null", "hash", "email", "last4", "first4", "year_only", "custom")
+SEVERITIES = ("error", "warning")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One contract column; ``spec`` keeps the rest of the contract (enum, min, pattern...)."""
+
+    name: str
+    type: ContractType
+    required: bool = False
+    primary_key: bool = False
+    description: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Source:
+    """The output port the gateway reads; ``uri`` may still hold ``${ENV}`` references."""
+
+    connector: str
+    uri: str
+    table: str | None
+    query: str | None
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A validated data product version."""
+
+    domain: str
+    name: str
+    version: str
+    owner: str
+    tags: tuple[str, ...]
+    description: str
+    source: Source
+    columns: tuple[Column, ...]
+    raw: dict[str, Any]
+    base_dir: Path | None = None
+
+    @property
+    def product_id(self) -> str:
+        return f"{self.domain}.{self.name}"
+
+    @property
+    def major(self) -> int:
+        return int(SEMVER.match(self.version).group(1))  # type: ignore[union-attr]
+
+    @property
+    def version_key(self) -> tuple[int, int, int]:
+        """Numeric ordering of versions (``1.10.0`` after ``1.9.0``)."""
+        match = SEMVER.match(self.version)
+        assert match
+        return int(match.group(1)), int(match.group(2)), int(match.group(3))
+
+    def column(self, name: str) -> Column | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+# --- a small structural validator -------------------------------------------------------------
+# Each spec maps a key to (required, check). A check gets (value, path, problems) and appends
+# "path: message" strings; nested dicts are validated by `_object`, lists by `_list_of`.
+
+Check = Callable[[Any, str, list[str]], None]
+
+
+def _object(spec: dict[str, tuple[bool, Check]]) -> Check:
+    def check(value: Any, path: str, problems: list[str]) -> None:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {_kind(value)}")
+            return
+        for key in value:
+            if key not in spec:
+                problems.append(f"{_join(path, key)}: unknown key (allowed: {', '.join(spec)})")
+        for key, (required, sub) in spec.items():
+            if key in value:
+                sub(value[key], _join(path, key), problems)
+            elif required:
+                problems.append(f"{_join(path, key)}: required")
+
+    return check
+
+
+def _list_of(item: Check, min_items: int = 0) -> Check:
+    def check(value: Any, path: str, problems: list[str]) -> None:
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, got {_kind(value)}")
+            return
+        if len(value) < min_items:
+            problems.append(f"{path}: needs at least {min_items} item(s)")
+        for i, element in enumerate(value):
+            item(element, f"{path}[{i}]", problems)
+
+    return check
+
+
+def _typed(*types: type, pattern: re.Pattern[str] | None = None, choices: tuple[str, ...] = (), what: str = "") -> Check:
+    def check(value: Any, path: str, problems: list[str]) -> None:
+        if isinstance(value, bool) and bool not in types:
+            problems.append(f"{path}: expected {what or _names(types)}, got a boolean")
+        elif not isinstance(value, types):
+            problems.append(f"{path}: expected {what or _names(types)}, got {_kind(value)}")
+        elif choices and value not in choices:
+            problems.append(f"{path}: '{value}' is not one of {', '.join(choices)}")
+        elif pattern is not None and not pattern.match(str(value)):
+            problems.append(f"{path}: '{value}' is not {what or 'valid'}")
+
+    return check
+
+
+def _column_type(value: Any, path: str, problems: list[str]) -> None:
+    try:
+        parse_type(value)
+    except ValueError as err:
+        problems.append(f"{path}: {err}")
+
+
+def _sql_text(value: Any, path: str, problems: list[str]) -> None:
+    """A SQL snippet must at least parse (PostgreSQL dialect) so it fails here, not at query time."""
+    import sqlglot
+    from sqlglot.errors import ParseError
+
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{path}: expected SQL text")
+        return
+    try:
+        sqlglot.parse_one(value, read="postgres")
+    except ParseError as err:
+        problems.append(f"{path}: does not parse: {str(err).splitlines()[0]}")
+
+
+_STR = _typed(str)
+_BOOL = _typed(bool)
+_NUM = _typed(int, float, what="a number")
+_STR_LIST = _list_of(_STR)
+_DURATION = _typed(str, pattern=DURATION, what="a duration like 30s, 5m, 1h or 1d")
+_CONDITIONS = _typed(dict, what="a mapping of attribute to value")
+
+_COLUMN = _object(
+    {
+        "name": (True, _typed(str, pattern=NAME, what="a lower-case name matching [a-z][a-z0-9_]*")),
+        "type": (True, _column_type),
+        "required": (False, _BOOL),
+        "primary_key": (False, _BOOL),
+        "description": (False, _STR),
+        "pii": (False, _BOOL),
+        "classification": (False, _typed(str, choices=("public", "internal", "confidential", "restricted"))),
+        "pattern": (False, _STR),
+        "enum": (False, _list_of(_typed(str, int, float, what="a scalar"))),
+        "min": (False, _NUM),
+        "max": (False, _NUM),
+        "references": (False, _STR),
+        "tags": (False, _STR_LIST),
+    }
+)
+
+_SPEC = _object(
+    {
+        "source": (
+            True,
+            _object(
+                {
+                    "connector": (True, _typed(str, choices=CONNECTORS)),
+                    "uri": (False, _STR),
+                    "table": (False, _STR),
+                    "query": (False, _sql_text),
+                }
+            ),
+        ),
+        "schema": (True, _list_of(_COLUMN, min_items=1)),
+        "compatibility": (False, _typed(str, choices=COMPATIBILITY)),
+        "deprecation": (False, _object({"notice_days": (False, _typed(int, what="a whole number of days"))})),
+        "sla": (
+            False,
+            _object(
+                {
+                    "freshness": (False, _DURATION),
+                    "freshness_column": (False, _typed(str, pattern=NAME, what="a column name")),
+                    "availability": (False, _NUM),
+                    "completeness": (False, _NUM),
+                    "stale_while_revalidate": (False, _DURATION),
+                    "monitor_every": (False, _DURATION),
+                    "quality_threshold": (False, _NUM),
+                }
+            ),
+        ),
+        "quality": (
+            False,
+            _list_of(
+                _object(
+                    {
+                        "name": (True, _typed(str, pattern=NAME, what="a rule name")),
+                        "rule": (True, _sql_text),
+                        "severity": (False, _typed(str, choices=SEVERITIES)),
+                        "description": (False, _STR),
+                    }
+                )
+            ),
+        ),
+        "policies": (
+            False,
+            _object(
+                {
+                    "access": (
+                        False,
+                        _list_of(_object({"allow_roles": (False, _STR_LIST), "require": (False, _CONDITIONS)})),
+                    ),
+                    "masks": (
+                        False,
+                        _list_of(
+                            _object(
+                                {
+                                    "column": (True, _STR),
+                                    "mask": (True, _typed(str, choices=MASKS)),
+                                    "expression": (False, _sql_text),
+                                    "unless": (False, _CONDITIONS),
+                                    "unless_roles": (False, _STR_LIST),
+                                }
+                            )
+                        ),
+                    ),
+                    "row_filters": (
+                        False,
+                        _list_of(
+                            _object(
+                                {
+                                    "filter": (True, _STR),
+                                    "unless": (False, _CONDITIONS),
+                                    "unless_roles": (False, _STR_LIST),
+                                }
+                            )
+                        ),
+                    ),
+                    "min_group_size": (False, _typed(int, what="a whole number")),
+                }
+            ),
+        ),
+        "input_ports": (
+            False,
+            _list_of(_object({"product": (True, _STR), "version": (False, _STR)})),
+        ),
+    }
+)
+
+_DESCRIPTOR = _object(
+    {
+        "apiVersion": (True, _typed(str, choices=("datamesh.io/v1",))),
+        "kind": (True, _typed(str, choices=("DataProduct",))),
+        "metadata": (
+            True,
+            _object(
+                {
+                    "name": (True, _typed(str, pattern=NAME, what="a name matching [a-z][a-z0-9_]*")),
+                    "domain": (True, _typed(str, pattern=NAME, what="a domain matching [a-z][a-z0-9_]*")),
+                    "owner": (True, _STR),
+                    "version": (True, _typed(str, pattern=SEMVER, what="a semantic version like 1.2.0")),
+                    "tags": (False, _STR_LIST),
+                    "description": (False, _STR),
+                }
+            ),
+        ),
+        "spec": (True, _SPEC),
+    }
+)
+
+
+def _semantic_checks(doc: dict[str, Any], problems: list[str]) -> None:
+    """Rules that span fields: names unique, the source complete, columns referenced exist."""
+    meta, spec = doc.get("metadata", {}), doc.get("spec", {})
+    if isinstance(meta, dict) and meta.get("domain") in RESERVED_DOMAINS:
+        problems.append(f"metadata.domain: '{meta['domain']}' is reserved for system products")
+    if not isinstance(spec, dict):
+        return
+    columns = spec.get("schema") if isinstance(spec.get("schema"), list) else []
+    names = [c.get("name") for c in columns if isinstance(c, dict)]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append(f"spec.schema[{i}].name: duplicate column '{name}'")
+    source = spec.get("source")
+    if isinstance(source, dict) and isinstance(source.get("connector"), str):
+        kind = source["connector"]
+        has_table, has_query = "table" in source, "query" in source
+        if kind == "mesh":
+            if not has_query:
+                problems.append("spec.source.query: required for connector 'mesh' (a view over other products)")
+        elif "uri" not in source:
+            problems.append("spec.source.uri: required")
+        if has_table and has_query:
+            problems.append("spec.source: give either table or query, not both")
+        if kind in ("postgres", "duckdb", "sqlite", "flightsql") and not (has_table or has_query):
+            problems.append(f"spec.source.table: required for connector '{kind}' (or give query)")
+        uri = source.get("uri")
+        if isinstance(uri, str) and re.search(r"://[^/@:]+:[^/@$]+@", uri) and "${" not in uri.split("@")[0]:
+            problems.append("spec.source.uri: contains an inline password; use ${ENV_VAR} instead")
+    sla = spec.get("sla")
+    if isinstance(sla, dict) and isinstance(sla.get("freshness_column"), str) and sla["freshness_column"] not in names:
+        problems.append(f"spec.sla.freshness_column: no column '{sla['freshness_column']}' in spec.schema")
+    policies = spec.get("policies")
+    if isinstance(policies, dict) and isinstance(policies.get("masks"), list):
+        for i, mask in enumerate(policies["masks"]):
+            if isinstance(mask, dict) and isinstance(mask.get("column"), str) and mask["column"] not in names:
+                problems.append(f"spec.policies.masks[{i}].column: no column '{mask['column']}' in spec.schema")
+
+
+def validate(doc: Any, source: str = "<descriptor>", base_dir: Path | None = None) -> Descriptor:
+    """Validate a parsed descriptor document; raise ``InvalidDescriptor`` listing every problem."""
+    problems: list[str] = []
+    _DESCRIPTOR(doc, "", problems)
+    if isinstance(doc, dict):
+        _semantic_checks(doc, problems)
+    if problems:
+        raise InvalidDescriptor(source, problems)
+    meta, spec = doc["metadata"], doc["spec"]
+    src = spec["source"]
+    columns = tuple(
+        Column(
+            name=c["name"],
+            type=parse_type(c["type"]),
+            required=bool(c.get("required", False)),
+            primary_key=bool(c.get("primary_key", False)),
+            description=c.get("description", ""),
+            spec={k: v for k, v in c.items() if k not in ("name", "type", "required", "primary_key", "description")},
+        )
+        for c in spec["schema"]
+    )
+    return Descriptor(
+        domain=meta["domain"],
+        name=meta["name"],
+        version=meta["version"],
+        owner=meta["owner"],
+        tags=tuple(meta.get("tags", ())),
+        description=meta.get("description", ""),
+        source=Source(src["connector"], src.get("uri", ""), src.get("table"), src.get("query")),
+        columns=columns,
+        raw=doc,
+        base_dir=base_dir,
+    )
+
+
+def load_file(path: Path) -> Descriptor:
+    """Read and validate one YAML file; YAML syntax errors are reported with their line."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise InvalidDescriptor(str(path), [f"not valid YAML: {err}"]) from err
+    except OSError as err:
+        raise InvalidDescriptor(str(path), [f"cannot read: {err.strerror}"]) from err
+    return validate(doc, str(path), path.parent.resolve())
+
+
+def find_descriptor_files(paths: list[Path]) -> list[Path]:
+    """Files named on the command line, and every ``*.yaml``/``*.yml`` below named folders."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()))
+        else:
+            found.append(path)
+    return found
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _names(types: tuple[type, ...]) -> str:
+    names = {str: "a string", bool: "true or false", int: "a whole number", float: "a number", dict: "a mapping"}
+    return " or ".join(names.get(t, t.__name__) for t in types)

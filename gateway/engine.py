@@ -1,0 +1,300 @@
+"""Runs a bound plan: fetch fragments concurrently, join them in DataFusion, stream the answer.
+
+The engine sits behind this one class so that joins too big for one machine can later go to a
+distributed engine without the planner or the protocol layers noticing.  Three things bound a
+query: its deadline (fragments are cancelled at their sources when it passes), a memory limit
+(fragment results count against it, and DataFusion gets it as a spilling memory pool), and the
+client going away (checked between batches).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
+
+from connectors.base import Scan
+from gateway.errors import InvalidQuery, MeshError, QueryCancelled, QueryTimeout, ResourceExhausted, SourceUnavailable
+from gateway.planner.bind import BoundFragment, BoundPlan
+
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+"""Largest record batch sent to a client: well under ADBC's 16 MiB receive limit."""
+
+
+@dataclass
+class QueryControl:
+    """A query's deadline and its client's liveness, checked wherever the engine waits."""
+
+    deadline: float
+    is_cancelled: Callable[[], bool]
+    timeout_seconds: float
+
+    def check(self) -> None:
+        if self.is_cancelled():
+            raise QueryCancelled("the client cancelled the query or disconnected")
+        if time.monotonic() > self.deadline:
+            raise QueryTimeout(
+                f"query exceeded its {self.timeout_seconds:g} s timeout (--query-timeout); its source work was cancelled"
+            )
+
+
+class Engine:
+    """Executes bound plans; one instance per gateway, shared by all queries."""
+
+    def __init__(self, memory_limit: int, fetch_threads: int = 16, target_partitions: int = 2) -> None:
+        self.memory_limit = memory_limit
+        self.target_partitions = target_partitions
+        self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fragment")
+
+    def execute(self, plan: BoundPlan, control: QueryControl) -> pa.RecordBatchReader:
+        if plan.passthrough is not None:
+            return self._stream_fragment(plan.passthrough, plan.output_names, control)
+        tables = self._fetch_all(plan.fragments, control)
+        return self._run_residual(plan, tables, control)
+
+    def result_schema(self, plan: BoundPlan, fragment_schemas: dict[str, pa.Schema]) -> pa.Schema:
+        """The answer's schema without running anything: the residual over empty fragments."""
+        if plan.passthrough is not None:
+            return _rename(fragment_schemas[plan.passthrough.name], plan.output_names)
+        ctx = self._context()
+        for name, schema in fragment_schemas.items():
+            ctx.from_arrow(schema.empty_table(), name=name)
+        try:
+            schema = ctx.sql(plan.residual_sql).schema()
+        except Exception as err:  # noqa: BLE001 - DataFusion raises plain exceptions
+            raise _engine_error(err) from err
+        return _rename(schema, plan.output_names)
+
+    # --- fragments ----------------------------------------------------------------------------
+
+    def _stream_fragment(self, fragment: BoundFragment, names: list[str], control: QueryControl) -> pa.RecordBatchReader:
+        """A single-source answer streams straight from the source, batch by batch."""
+        if fragment.local_table is not None:
+            table = fragment.local_table
+            return pa.RecordBatchReader.from_batches(_rename(table.schema, names), iter(_rename_batches(table.to_batches(), names)))
+        scan = self._open(fragment, control)
+        schema = _rename(conform_schema(scan.reader.schema, fragment.expected), names)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in _watched(scan, control):
+                    yield from _slices(_rename_batch(conform(batch, fragment.expected), schema))
+            finally:
+                scan.close()
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def _fetch_all(self, fragments: list[BoundFragment], control: QueryControl) -> dict[str, pa.Table]:
+        budget = _MemoryBudget(self.memory_limit)
+        scans: list[Scan] = []
+        lock = threading.Lock()
+
+        def fetch(fragment: BoundFragment) -> pa.Table:
+            if fragment.local_table is not None:
+                return fragment.local_table
+            scan = self._open(fragment, control)
+            with lock:
+                scans.append(scan)
+            try:
+                batches = []
+                for batch in _watched(scan, control):
+                    budget.take(batch.nbytes)
+                    batches.append(conform(batch, fragment.expected))
+                schema = conform_schema(scan.reader.schema, fragment.expected)
+                return pa.Table.from_batches(batches, schema=schema)
+            finally:
+                scan.close()
+
+        futures: dict[str, Future[pa.Table]] = {f.name: self._pool.submit(fetch, f) for f in fragments}
+        try:
+            pending = set(futures.values())
+            while pending:
+                done, pending = wait(pending, timeout=0.05, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # re-raise the first failure
+                control.check()
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            with lock:
+                for scan in scans:
+                    scan.cancel()
+            raise
+        return {name: future.result() for name, future in futures.items()}
+
+    def _open(self, fragment: BoundFragment, control: QueryControl) -> Scan:
+        control.check()
+        assert fragment.connector is not None and fragment.sql is not None
+        return fragment.connector.scan(fragment.sql)
+
+    # --- residual -----------------------------------------------------------------------------
+
+    def _context(self) -> SessionContext:
+        runtime = RuntimeEnvBuilder().with_fair_spill_pool(self.memory_limit).with_disk_manager_os()
+        config = SessionConfig().with_target_partitions(self.target_partitions).with_information_schema(False)
+        return SessionContext(config, runtime)
+
+    def _run_residual(self, plan: BoundPlan, tables: dict[str, pa.Table], control: QueryControl) -> pa.RecordBatchReader:
+        ctx = self._context()
+        for name, table in tables.items():
+            ctx.from_arrow(table, name=name)
+        try:
+            frame = ctx.sql(plan.residual_sql)
+            schema = _rename(frame.schema(), plan.output_names)
+            stream = frame.execute_stream()
+        except Exception as err:  # noqa: BLE001
+            raise _engine_error(err) from err
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            iterator = iter(stream)
+            while True:
+                control.check()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return
+                except Exception as err:  # noqa: BLE001
+                    raise _engine_error(err) from err
+                yield from _slices(_rename_batch(batch.to_pyarrow(), schema))
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _MemoryBudget:
+    """Bytes of fragment results one query may hold; exceeding it fails the query, not the process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> None:
+        with self._lock:
+            self.used += nbytes
+            if self.used > self.limit:
+                raise ResourceExhausted(
+                    f"query needs more than the gateway's memory limit of {self.limit // (1024 * 1024)} MiB "
+                    "(--memory-limit) for its source results; add filters or aggregate closer to the sources"
+                )
+
+
+def _watched(scan: Scan, control: QueryControl) -> Iterator[pa.RecordBatch]:
+    """A scan's batches, stopping the source when the query's deadline passes or it is cancelled."""
+    stop = threading.Event()
+
+    def watchdog() -> None:
+        while not stop.wait(0.05):
+            if control.is_cancelled() or time.monotonic() > control.deadline:
+                scan.cancel()
+                return
+
+    guard = threading.Thread(target=watchdog, daemon=True)
+    guard.start()
+    try:
+        while True:
+            control.check()
+            try:
+                batch = scan.reader.read_next_batch()
+            except StopIteration:
+                return
+            except Exception as err:  # noqa: BLE001 - driver errors mid-stream
+                control.check()  # a cancel we asked for surfaces as a driver error: report the cause
+                raise SourceUnavailable(f"source failed while streaming: {str(err).splitlines()[0][:300]}") from err
+            yield batch
+    finally:
+        stop.set()
+
+
+def _engine_error(err: Exception) -> MeshError:
+    message = str(err).strip()
+    if "Resources exhausted" in message or "ResourcesExhausted" in message:
+        return ResourceExhausted(
+            f"query exceeded the gateway's memory limit (--memory-limit) in the engine: {message.splitlines()[0][:400]}"
+        )
+    return InvalidQuery(f"query failed in the engine: {message.splitlines()[0][:600]}")
+
+
+# --- type conformance: values come back in the contract's types ----------------------------------
+
+
+def conform_schema(schema: pa.Schema, expected: pa.Schema | None) -> pa.Schema:
+    if expected is None:
+        return schema
+    fields = [
+        pa.field(f.name, expected.field(f.name).type) if f.name in expected.names else f for f in schema
+    ]
+    return pa.schema(fields)
+
+
+def conform(batch: pa.RecordBatch, expected: pa.Schema | None) -> pa.RecordBatch:
+    """Cast a source's batch to the contract types (a SQLite TEXT date becomes a date)."""
+    if expected is None:
+        return batch
+    columns = []
+    changed = False
+    for name, column in zip(batch.schema.names, batch.columns):
+        target = expected.field(name).type if name in expected.names else column.type
+        if column.type != target:
+            column = cast_column(column, target)
+            changed = True
+        columns.append(column)
+    if not changed:
+        return batch
+    return pa.RecordBatch.from_arrays(columns, schema=conform_schema(batch.schema, expected))
+
+
+def cast_column(column: pa.Array, target: pa.DataType) -> pa.Array:
+    """Cast with the conversions sources need: text to dates/timestamps, floats to decimals."""
+    source = column.type
+    if pa.types.is_dictionary(source):
+        column, source = column.dictionary_decode(), source.value_type
+    if pa.types.is_decimal(target) and pa.types.is_floating(source):
+        return pc.cast(pc.round(column, target.scale), target, safe=False)
+    if pa.types.is_timestamp(target) and (pa.types.is_string(source) or pa.types.is_large_string(source)):
+        parsed = pc.cast(pc.replace_substring_regex(column, r"(\+00(:?00)?|Z)$", ""), pa.timestamp(target.unit))
+        return pc.cast(parsed, target) if target.tz is None else parsed.cast(pa.timestamp(target.unit, tz="UTC")).cast(target)
+    if pa.types.is_timestamp(target) and pa.types.is_timestamp(source) and source.tz is None and target.tz:
+        return pc.assume_timezone(column, "UTC").cast(target)
+    return pc.cast(column, target)
+
+
+# --- naming and batch size ------------------------------------------------------------------------
+
+
+def _rename(schema: pa.Schema, names: list[str]) -> pa.Schema:
+    if len(names) != len(schema):
+        return schema
+    return pa.schema([f.with_name(n) for f, n in zip(schema, names)], metadata=schema.metadata)
+
+
+def _rename_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    if batch.schema.names == schema.names and batch.schema == schema:
+        return batch
+    columns = [c if c.type == f.type else pc.cast(c, f.type) for c, f in zip(batch.columns, schema)]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _rename_batches(batches: list[pa.RecordBatch], names: list[str]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        yield _rename_batch(batch, _rename(batch.schema, names))
+
+
+def _slices(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+    """Split a batch so no message exceeds ``MAX_BATCH_BYTES``."""
+    if batch.num_rows == 0:
+        return
+    if batch.nbytes <= MAX_BATCH_BYTES:
+        yield batch
+        return
+    rows = max(1, int(batch.num_rows * MAX_BATCH_BYTES / batch.nbytes))
+    for start in range(0, batch.num_rows, rows):
+        yield batch.slice(start, rows)

@@ -1,0 +1,35 @@
+"""State the planner's rules share while turning one statement into a ``Plan``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+
+from connectors.base import Connector
+from gateway.descriptor import Descriptor
+from gateway.planner.plan import Binding, Fragment
+from gateway.registry import Catalog
+
+
+@dataclass
+class PlanContext:
+    """Inputs (catalog, how to get a connector) and what the rules have derived so far."""
+
+    catalog: Catalog
+    connector_for: Callable[[Descriptor], Connector]
+    system_table: Callable[[str], pa.Table | None]  # information_schema.<name> -> rows, or None
+    bindings: dict[str, Binding] = field(default_factory=dict)
+    fragments: list[Fragment] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+    parameter_types: list[pa.DataType] = field(default_factory=list)
+
+    def add_fragment(self, fragment_factory: Callable[[str], Fragment]) -> Fragment:
+        """Create the next fragment with a fresh name (f0, f1, ...)."""
+        fragment = fragment_factory(f"f{len(self.fragments)}")
+        self.fragments.append(fragment)
+        return fragment
+
+    def binding_of(self, table_name: str) -> Binding | None:
+        return self.bindings.get(table_name)

@@ -1,0 +1,45 @@
+"""The planner: a pipeline of small AST-to-AST rules, in the shape of sqlglot's optimizer.
+
+Each rule is one module exporting one function ``rule(expression, ctx) -> expression``; the
+order below is the whole algorithm.  Policy rules (authorize, apply masks and row filters) slot
+in after ``resolve_products`` so that every later rule sees the governed query.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlglot import exp
+
+from gateway.planner.context import PlanContext
+from gateway.planner.name_outputs import deduplicate_outputs, name_outputs
+from gateway.planner.number_parameters import number_parameters
+from gateway.planner.parse_statement import Statement
+from gateway.planner.plan import Plan
+from gateway.planner.push_scans import push_scans
+from gateway.planner.push_subtrees import push_subtrees
+from gateway.planner.qualify_columns import qualify_columns
+from gateway.planner.resolve_products import resolve_products
+from gateway.planner.type_parameters import type_parameters
+
+Rule = Callable[[exp.Expression, PlanContext], exp.Expression]
+
+RULES: tuple[Rule, ...] = (
+    resolve_products,
+    number_parameters,
+    name_outputs,
+    qualify_columns,
+    deduplicate_outputs,
+    type_parameters,
+    push_subtrees,
+    push_scans,
+)
+
+
+def plan_statement(sql: str, statement: Statement, ctx: PlanContext) -> Plan:
+    expression: exp.Expression = statement.expression.copy()
+    for rule in RULES:
+        expression = rule(expression, ctx)
+    assert isinstance(expression, exp.Query)
+    products = tuple(sorted({p for f in ctx.fragments for p in f.products}))
+    return Plan(sql, expression, ctx.fragments, ctx.output_names, list(ctx.parameter_types), products)

@@ -1,0 +1,67 @@
+"""What the planner produces: fragments for the sources and the residual query for the engine.
+
+A plan is built once per (SQL text, registry generation) and cached; it holds sqlglot
+expressions that may still contain parameter placeholders, and is rendered into concrete SQL
+(``bind``) for each execution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from sqlglot import exp
+
+from connectors.base import Connector
+from gateway.descriptor import Descriptor
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A product reference resolved to one version and the connector that serves it."""
+
+    internal_name: str  # the placeholder table name the planner uses, e.g. "__p0"
+    descriptor: Descriptor | None  # None for system tables
+    connector: Connector | None  # None for system tables (served from memory)
+    local_table: pa.Table | None = None  # system tables: the rows, computed from the catalog
+
+    @property
+    def source_id(self) -> str:
+        return self.connector.source_id if self.connector else "system"
+
+    def contract_schema(self) -> dict[str, pa.DataType]:
+        if self.descriptor is not None:
+            return {c.name: c.type.arrow for c in self.descriptor.columns}
+        assert self.local_table is not None
+        return {f.name: f.type for f in self.local_table.schema}
+
+
+@dataclass
+class Fragment:
+    """One piece of work for one source, with the product columns it returns."""
+
+    name: str  # the table name the residual query reads it as, e.g. "f0"
+    connector: Connector | None
+    expression: exp.Query | None  # PostgreSQL-dialect AST with physical relations; None = local
+    expected: pa.Schema | None  # contract-typed output to conform to; None = take the source's
+    products: tuple[str, ...]  # "domain.name@version" read by this fragment
+    local_table: pa.Table | None = None
+
+
+@dataclass
+class Plan:
+    """A planned read statement."""
+
+    sql: str
+    residual: exp.Query  # runs in DataFusion over the fragments (names f0, f1, ...)
+    fragments: list[Fragment]
+    output_names: list[str]  # PostgreSQL's column names, duplicates allowed
+    parameter_types: list[pa.DataType] = field(default_factory=list)
+    products: tuple[str, ...] = ()
+
+    @property
+    def passthrough(self) -> Fragment | None:
+        """The fragment whose rows are the whole answer (single-source query), if any."""
+        if len(self.fragments) == 1 and self.residual.meta.get("passthrough"):
+            return self.fragments[0]
+        return None

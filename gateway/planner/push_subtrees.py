@@ -1,0 +1,90 @@
+"""Send a whole sub-tree to its source when every table in it lives in that one source.
+
+A single-source statement becomes one fragment and the gateway just streams it; inside a
+federated statement, a derived table, CTE or uncorrelated subquery over one source (a join, an
+aggregate, a window) runs there too, so only its result crosses the wire.  Only sources that
+declare ``full_sql`` take sub-trees; a correlated sub-tree stays with the engine, because it
+needs the outer query's rows.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from sqlglot import exp
+
+from gateway.planner.context import PlanContext
+from gateway.planner.fragments import add_source_fragment, bound_tables
+from gateway.planner.plan import Binding
+
+
+def push_subtrees(expression: exp.Expression, ctx: PlanContext) -> exp.Expression:
+    assert isinstance(expression, exp.Query)
+    bindings = _single_source(expression, ctx)
+    if bindings is not None:
+        fragment = add_source_fragment(ctx, expression, bindings, _conform(expression, bindings, ctx))
+        residual = exp.select("*").from_(exp.to_table(fragment.name))
+        residual.meta["passthrough"] = True
+        return residual
+    pushed: list[exp.Expression] = []
+    for node in list(expression.find_all(exp.Subquery, exp.CTE, bfs=True)):
+        if any(node is p or _is_under(node, p) for p in pushed):
+            continue
+        query = node.this
+        if not isinstance(query, exp.Query):
+            continue
+        bindings = _single_source(query, ctx)
+        if bindings is None:
+            continue
+        fragment = add_source_fragment(ctx, query, bindings, _conform(query, bindings, ctx))
+        pushed.append(node)
+        if isinstance(node, exp.Subquery) and node.args.get("alias") is not None:
+            node.replace(exp.Table(this=exp.to_identifier(fragment.name), alias=node.args["alias"].copy()))
+        else:
+            node.set("this", exp.select("*").from_(exp.to_table(fragment.name)))
+    return expression
+
+
+def _single_source(query: exp.Query, ctx: PlanContext) -> list[Binding] | None:
+    """The bindings of ``query`` if it is self-contained and one full-SQL source can run it."""
+    tables = bound_tables(query, ctx)
+    if not tables:
+        return None
+    bindings = [b for _, b in tables]
+    connector = bindings[0].connector
+    if connector is None or not connector.capabilities.full_sql:
+        return None
+    if any(b.source_id != bindings[0].source_id for b in bindings):
+        return None
+    defined = {alias.name for alias in query.find_all(exp.TableAlias)}
+    defined |= {cte.alias_or_name for cte in query.find_all(exp.CTE)}
+    for table in query.find_all(exp.Table):
+        if table.name not in ctx.bindings and table.name not in defined:
+            return None  # a CTE defined outside this sub-tree
+    for column in query.find_all(exp.Column):
+        if column.table and column.table not in defined:
+            return None  # correlated with the outer query
+    return bindings
+
+
+def _conform(query: exp.Query, bindings: list[Binding], ctx: PlanContext) -> dict[str, pa.DataType]:
+    """Output columns that are plain product columns come back in their contract's type."""
+    if not isinstance(query, exp.Select):
+        return {}
+    by_alias = {table.alias_or_name: ctx.bindings[table.name] for table, _ in bound_tables(query, ctx)}
+    conform: dict[str, pa.DataType] = {}
+    for projection in query.expressions:
+        inner = projection.this if isinstance(projection, exp.Alias) else projection
+        if isinstance(inner, exp.Column) and inner.table in by_alias:
+            contract = by_alias[inner.table].contract_schema()
+            if inner.name in contract:
+                conform[projection.alias_or_name] = contract[inner.name]
+    return conform
+
+
+def _is_under(node: exp.Expression, ancestor: exp.Expression) -> bool:
+    parent = node.parent
+    while parent is not None:
+        if parent is ancestor:
+            return True
+        parent = parent.parent
+    return False

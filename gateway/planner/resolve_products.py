@@ -1,0 +1,46 @@
+"""Resolve every ``domain.product`` reference to a product version and its connector.
+
+Each reference becomes a placeholder table (``__p0``, ``__p1``, ...) that keeps the alias the
+query used, so later rules can reason about sources without re-reading the registry, and one
+product read twice (a self-join) is two independent scans.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from gateway.errors import NotFound
+from gateway.planner.context import PlanContext
+from gateway.planner.plan import Binding
+from gateway.names import CATALOG
+
+
+def resolve_products(expression: exp.Expression, ctx: PlanContext) -> exp.Expression:
+    cte_names = {cte.alias_or_name for cte in expression.find_all(exp.CTE)}
+    for table in list(expression.find_all(exp.Table)):
+        if not table.name:
+            continue  # table functions and the like are rejected later by the engine
+        if not table.db and table.name in cte_names:
+            continue
+        binding = _bind(table, ctx)
+        ctx.bindings[binding.internal_name] = binding
+        alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(table.name, quoted=True))
+        table.replace(exp.Table(this=exp.to_identifier(binding.internal_name), alias=alias.copy()))
+    return expression
+
+
+def _bind(table: exp.Table, ctx: PlanContext) -> Binding:
+    name = f"__p{len(ctx.bindings)}"
+    if table.catalog and table.catalog.lower() != CATALOG:
+        raise NotFound(f"unknown catalog '{table.catalog}' in '{table.sql('postgres')}': the only catalog is '{CATALOG}'")
+    if not table.db:
+        matches = [d.product_id for d in ctx.catalog.products() if d.name == table.name]
+        hint = f"; did you mean {', '.join(matches)}?" if matches else ""
+        raise NotFound(f"unknown relation '{table.name}': data products are named domain.product{hint}")
+    if table.db.lower() == "information_schema":
+        rows = ctx.system_table(table.name.lower())
+        if rows is None:
+            raise NotFound(f"unknown system table 'information_schema.{table.name}' (have: schemata, tables, columns)")
+        return Binding(name, None, None, local_table=rows)
+    descriptor = ctx.catalog.resolve(table.db, table.name)
+    return Binding(name, descriptor, ctx.connector_for(descriptor))

@@ -1,0 +1,61 @@
+"""``information_schema`` over the registry: what SHOW, DESCRIBE and SQL tools read.
+
+Built from the catalog snapshot (never from the sources), so metadata answers even when a
+source is down.  Every active major of a product is listed twice over: the unpinned name (the
+newest major) and ``name@MAJOR``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from gateway.descriptor import Descriptor
+from gateway.names import CATALOG, SYSTEM_SCHEMA
+from gateway.registry import Catalog
+
+
+def listed_relations(catalog: Catalog) -> list[tuple[str, str, Descriptor]]:
+    """(domain, table name, descriptor) for every name a client may query."""
+    relations: list[tuple[str, str, Descriptor]] = []
+    for product in catalog.products():
+        relations.append((product.domain, product.name, product))
+        majors = catalog.majors(product.product_id)
+        for major in majors:
+            relations.append((major.domain, f"{major.name}@{major.major}", major))
+    return relations
+
+
+def system_table(catalog: Catalog, name: str) -> pa.Table | None:
+    if name == "schemata":
+        schemas = [*catalog.domains(), SYSTEM_SCHEMA]
+        return pa.table({"catalog_name": [CATALOG] * len(schemas), "schema_name": schemas})
+    relations = listed_relations(catalog)
+    if name == "tables":
+        return pa.table(
+            {
+                "table_catalog": [CATALOG] * len(relations),
+                "table_schema": [r[0] for r in relations],
+                "table_name": [r[1] for r in relations],
+                "table_type": ["VIEW" if r[2].source.connector == "mesh" else "BASE TABLE" for r in relations],
+                "remarks": [r[2].description for r in relations],
+            }
+        )
+    if name == "columns":
+        rows = [
+            (domain, table, i + 1, column)
+            for domain, table, d in relations
+            for i, column in enumerate(d.columns)
+        ]
+        return pa.table(
+            {
+                "table_catalog": pa.array([CATALOG] * len(rows), pa.string()),
+                "table_schema": pa.array([r[0] for r in rows], pa.string()),
+                "table_name": pa.array([r[1] for r in rows], pa.string()),
+                "column_name": pa.array([r[3].name for r in rows], pa.string()),
+                "ordinal_position": pa.array([r[2] for r in rows], pa.int32()),
+                "data_type": pa.array([r[3].type.sql for r in rows], pa.string()),
+                "is_nullable": pa.array(["NO" if r[3].required else "YES" for r in rows], pa.string()),
+                "column_comment": pa.array([r[3].description for r in rows], pa.string()),
+            }
+        )
+    return None
