@@ -69,3 +69,9 @@ class Unsupported(MeshError):
     """A valid request the gateway deliberately does not serve (for example, writes)."""
 
     status = "UNIMPLEMENTED"
+
+
+class ShuttingDown(MeshError):
+    """The gateway is draining after SIGTERM and takes no new queries; retry on another replica."""
+
+    status = "UNAVAILABLE"

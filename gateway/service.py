@@ -18,10 +18,9 @@ from cachetools import LRUCache
 from sqlglot import exp
 
 from gateway.engine import Engine, QueryControl, conform_schema
-from gateway.errors import NotFound, ResourceExhausted
+from gateway.errors import ResourceExhausted, ShuttingDown
 from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.planner import Plan, PlanContext, bind, parse_statement, plan_statement
-from gateway.planner.bind import BoundPlan
 from gateway.planner.plan import Fragment
 from gateway.registry import Catalog, Registry
 from gateway.sources import SourceManager
@@ -231,6 +230,10 @@ class GatewayService:
     def catalog(self) -> Catalog:
         return self.registry.catalog()
 
+    def drain(self, grace_period: float) -> bool:
+        """Refuse new queries, then wait up to ``grace_period`` s for running ones to finish."""
+        return self._admission.drain(grace_period)
+
     def close(self) -> None:
         self.engine.close()
         self.sources.close()
@@ -255,10 +258,13 @@ class _Admission:
         self.queue = queue
         self.running = 0
         self.waiting = 0
+        self.draining = False
         self._cond = threading.Condition()
 
     def enter(self, control: QueryControl) -> _Slot:
         with self._cond:
+            if self.draining:
+                raise ShuttingDown("the gateway is shutting down and accepts no new queries")
             if self.running >= self.limit and self.waiting >= self.queue:
                 raise ResourceExhausted(
                     f"gateway is at capacity: {self.running} queries running and {self.waiting} waiting "
@@ -277,7 +283,15 @@ class _Admission:
     def _leave(self) -> None:
         with self._cond:
             self.running -= 1
-            self._cond.notify()
+            self._cond.notify_all()
+
+    def drain(self, grace_period: float) -> bool:
+        deadline = time.monotonic() + grace_period
+        with self._cond:
+            self.draining = True
+            while self.running and time.monotonic() < deadline:
+                self._cond.wait(timeout=0.1)
+            return self.running == 0
 
 
 def _releasing(reader: pa.RecordBatchReader, slot: _Slot) -> Iterator[pa.RecordBatch]:
@@ -297,4 +311,3 @@ def _like(value: str, pattern: str | None) -> bool:
     return fnmatch.fnmatchcase(value, translated)
 
 
-__all__ = ["GatewayService", "NotFound", "PreparedQuery", "Settings", "TableInfo", "BoundPlan"]

@@ -28,7 +28,6 @@ def qualify_columns(expression: exp.Expression, ctx: PlanContext) -> exp.Express
             dialect="postgres",
             validate_qualify_columns=True,
             quote_identifiers=True,
-            infer_schema=False,
         )
     except OptimizeError as err:
         raise InvalidQuery(_explain(str(err), ctx)) from err
