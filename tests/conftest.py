@@ -176,3 +176,14 @@ def fresh_pg_database(make_pg_database) -> str:
 def free_port():
     """Callable returning a free TCP port on 127.0.0.1 (call it once per server you start)."""
     return find_free_port
+
+
+@pytest.fixture(scope="session")
+def live_mesh(tmp_path_factory: pytest.TempPathFactory, pg_uri: str):
+    """The demo mesh (shipping in PostgreSQL) served by an in-process gateway on a real socket,
+    plus a PostgreSQL oracle database holding the same data; see ``tests/mesh.py``."""
+    from tests.mesh import build_live_mesh
+
+    mesh = build_live_mesh(tmp_path_factory.mktemp("mesh"), pg_uri)
+    yield mesh
+    mesh.close()

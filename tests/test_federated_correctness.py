@@ -7,13 +7,12 @@ unchanged, on the oracle database; names, type families and values must agree.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import adbc_driver_flightsql.dbapi as flightsql
 import pytest
 
-from tests.mesh import LiveMesh, arrow_family, build_live_mesh, families_match, oracle_answer, rows_equal
+from tests.mesh import LiveMesh, arrow_family, families_match, oracle_answer, rows_equal
 
 pytestmark = pytest.mark.postgres
 
@@ -126,10 +125,8 @@ QUERIES: dict[str, str] = {
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[LiveMesh]:
-    mesh = build_live_mesh(Path(tmp_path_factory.mktemp("mesh")), pg_uri)
-    yield mesh
-    mesh.close()
+def live(live_mesh: LiveMesh) -> LiveMesh:
+    return live_mesh
 
 
 @pytest.fixture(scope="module")
