@@ -16,6 +16,7 @@ from gateway.planner.name_outputs import deduplicate_outputs, name_outputs
 from gateway.planner.number_parameters import number_parameters
 from gateway.planner.parse_statement import Statement
 from gateway.planner.plan import Plan
+from gateway.planner.push_join_groups import push_join_groups
 from gateway.planner.push_scans import push_scans
 from gateway.planner.push_subtrees import push_subtrees
 from gateway.planner.qualify_columns import qualify_columns
@@ -32,6 +33,7 @@ RULES: tuple[Rule, ...] = (
     deduplicate_outputs,
     type_parameters,
     push_subtrees,
+    push_join_groups,
     push_scans,
 )
 

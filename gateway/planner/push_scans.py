@@ -13,26 +13,16 @@ from __future__ import annotations
 import pyarrow as pa
 from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, traverse_scope
-from sqlglot.optimizer.simplify import simplify
 
 from connectors.base import Capabilities
 from gateway.planner.context import PlanContext
-from gateway.planner.fragments import product_labels, to_physical
+from gateway.planner.fragments import columns_by_table, conjuncts, product_labels, pushable, to_physical
 from gateway.planner.plan import Binding, Fragment
-
-_PORTABLE = (
-    exp.Column, exp.Literal, exp.Boolean, exp.Null, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE,
-    exp.And, exp.Or, exp.Not, exp.Is, exp.In, exp.Between, exp.Paren, exp.Neg, exp.Placeholder,
-    exp.Identifier, exp.DataType, exp.Tuple,
-)
-"""Expression nodes whose meaning is the same in every SQL engine (SQLite included)."""
-
-_VOLATILE = (exp.Rand, exp.Subquery, exp.AggFunc, exp.Window, exp.Exists)
 
 
 def push_scans(expression: exp.Expression, ctx: PlanContext) -> exp.Expression:
     scopes = traverse_scope(expression)
-    columns = _columns_by_table(scopes, ctx)
+    columns = columns_by_table(scopes, ctx)
     for scope in scopes:
         for alias, source in list(scope.sources.items()):
             if not isinstance(source, exp.Table) or source.name not in ctx.bindings:
@@ -68,39 +58,15 @@ def _scan_fragment(
     )
 
 
-def _columns_by_table(scopes: list[Scope], ctx: PlanContext) -> dict[int, set[str]]:
-    """Which columns of each product reference the whole statement uses (correlated uses too)."""
-    used: dict[int, set[str]] = {}
-    for scope in scopes:
-        for column in scope.columns:
-            if not column.table:
-                continue
-            owner: Scope | None = scope
-            while owner is not None and column.table not in owner.sources:
-                owner = owner.parent
-            if owner is None:
-                continue
-            source = owner.sources[column.table]
-            if isinstance(source, exp.Table) and source.name in ctx.bindings:
-                used.setdefault(id(source), set()).add(column.name)
-    return used
-
-
 def _column_order(binding: Binding):  # noqa: ANN202 - a sort key
     order = {name: i for i, name in enumerate(binding.contract_schema())}
     return lambda name: order.get(name, len(order))
 
 
-def _conjuncts(condition: exp.Expression | None) -> list[exp.Expression]:
-    if condition is None:
-        return []
-    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
-
-
 def _null_extended(select: exp.Select) -> set[str]:
     """Aliases whose rows an outer join may replace with NULLs."""
     extended: set[str] = set()
-    seen = [select.args["from"].this.alias_or_name] if select.args.get("from") else []
+    seen = [select.args["from_"].this.alias_or_name] if select.args.get("from_") else []
     for join in select.args.get("joins") or []:
         side = (join.side or "").upper()
         name = join.this.alias_or_name
@@ -120,32 +86,13 @@ def _pushable_predicates(scope: Scope, alias: str, caps: Capabilities) -> list[e
     candidates: list[exp.Expression] = []
     if alias not in extended:
         where = select.args.get("where")
-        candidates += _conjuncts(where.this if where else None)
+        candidates += conjuncts(where.this if where else None)
     for join in select.args.get("joins") or []:
         side = (join.side or "").upper()
         own = join.this.alias_or_name == alias
         if (not side and alias not in extended) or (side == "LEFT" and own):
-            candidates += _conjuncts(join.args.get("on"))
-    pushed = []
-    for predicate in candidates:
-        if _only_columns_of(predicate, alias) and not predicate.find(*_VOLATILE):
-            folded = simplify(predicate.copy())
-            if not caps.portable_filters_only or all(isinstance(n, _PORTABLE) or _is_date_literal(n) for n in folded.walk()):
-                pushed.append(folded)
-    return pushed
-
-
-def _is_date_literal(node: exp.Expression) -> bool:
-    """``DATE '1994-01-01'`` is portable: SQLite stores dates as ISO text, which compares right."""
-    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal) and node.this.is_string:
-        return node.to.is_type(exp.DataType.Type.DATE)
-    parent = node.parent
-    return isinstance(parent, exp.Cast) and _is_date_literal(parent)
-
-
-def _only_columns_of(predicate: exp.Expression, alias: str) -> bool:
-    columns = list(predicate.find_all(exp.Column))
-    return bool(columns) and all(c.table == alias for c in columns)
+            candidates += conjuncts(join.args.get("on"))
+    return [folded for p in candidates if (folded := pushable(p, {alias}, caps)) is not None]
 
 
 def _push_limit(scope: Scope, alias: str, query: exp.Select, pushed: list[exp.Expression]) -> None:
@@ -158,7 +105,7 @@ def _push_limit(scope: Scope, alias: str, query: exp.Select, pushed: list[exp.Ex
     if select.args.get("distinct") or any(p.find(exp.AggFunc, exp.Window) for p in select.expressions):
         return
     where = select.args.get("where")
-    if where is not None and len(_conjuncts(where.this)) != len(pushed):
+    if where is not None and len(conjuncts(where.this)) != len(pushed):
         return
     limit = select.args["limit"].expression
     offset = select.args.get("offset")
