@@ -1,0 +1,152 @@
+"""The commands a new user types: ``meshgate demo``, ``meshgate query``, ``meshgate product register``;
+and what a running gateway must do without a restart (registry changes, plan reuse, chaining)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import adbc_driver_flightsql.dbapi as flightsql
+import pytest
+import yaml
+
+from tests.mesh import LiveMesh
+
+pytestmark = pytest.mark.postgres
+
+MESHGATE = [sys.executable, "-m", "gateway.cli"]
+
+
+def meshgate(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MESHGATE, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_demo_generates_registers_serves_and_prints_how_to_connect(tmp_path: Path, free_port) -> None:  # noqa: ANN001
+    port = free_port()
+    env = {**os.environ, "MESHGATE_HOME": str(tmp_path / "home")}
+    env.pop("MESHGATE_DEMO_PG_URI", None)
+    process = subprocess.Popen(
+        [*MESHGATE, "demo", "--scale", "0.01", "--port", str(port), "--data-dir", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        banner = _read_until(process.stdout, "Press Ctrl-C", timeout=120)
+        assert f"grpc://127.0.0.1:{port}" in banner
+        assert f"jdbc:arrow-flight-sql://127.0.0.1:{port}" in banner
+        assert banner.count("SELECT") >= 3  # example queries
+        result = meshgate("query", "--server", f"grpc://127.0.0.1:{port}", "SHOW SCHEMAS")
+        assert result.returncode == 0, result.stderr
+        for domain in ("customers", "orders", "payments", "shipping"):
+            assert domain in result.stdout
+        # every example query the banner prints runs and returns rows
+        from gateway.demo_data import EXAMPLE_QUERIES
+
+        with flightsql.connect(f"grpc://127.0.0.1:{port}") as conn, conn.cursor() as cur:
+            for _, sql in EXAMPLE_QUERIES:
+                cur.execute(sql)
+                assert cur.fetch_arrow_table().num_rows > 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert "served from DuckDB" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _read_until(stream, marker: str, timeout: float) -> str:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    text = ""
+    while marker not in text:
+        line = stream.readline()
+        if not line and time.monotonic() > deadline:
+            raise AssertionError(f"never printed {marker!r}; got:\n{text}")
+        text += line
+    return text
+
+
+def test_query_formats(live_mesh: LiveMesh) -> None:
+    sql = "SELECT segment, priority FROM customers.segments ORDER BY segment"
+    table = meshgate("query", "--server", live_mesh.uri, sql)
+    assert table.returncode == 0 and "enterprise" in table.stdout and "(5 rows" in table.stderr
+    csv = meshgate("query", "--server", live_mesh.uri, "--format", "csv", sql)
+    assert csv.stdout.splitlines()[0] == '"segment","priority"'
+    rows = [json.loads(line) for line in meshgate("query", "--server", live_mesh.uri, "--format", "json", sql).stdout.splitlines()]
+    assert rows[0] == {"segment": "consumer", "priority": 3} and len(rows) == 5
+    param = meshgate("query", "--server", live_mesh.uri, "--format", "json", "--param", "enterprise",
+                     "SELECT priority FROM customers.segments WHERE segment = ?")
+    assert json.loads(param.stdout) == {"priority": 1}
+
+
+def test_query_errors_exit_2_with_the_message(live_mesh: LiveMesh) -> None:
+    result = meshgate("query", "--server", live_mesh.uri, "SELECT * FROM orders.nope")
+    assert result.returncode == 2
+    assert "unknown data product 'orders.nope'" in result.stderr
+
+
+def test_running_gateway_sees_a_new_product_within_a_second(live_mesh: LiveMesh, tmp_path: Path) -> None:
+    source = next(live_mesh.mesh.products_dir.glob("customers/segments.yaml"))
+    doc = yaml.safe_load(source.read_text())
+    doc["metadata"]["name"] = "segments_copy"
+    doc["spec"]["source"]["uri"] = str((source.parent / doc["spec"]["source"]["uri"]).resolve())
+    (tmp_path / "copy.yaml").write_text(yaml.safe_dump(doc))
+    result = meshgate("product", "register", str(tmp_path / "copy.yaml"), "--registry", str(live_mesh.registry.path))
+    assert result.returncode == 0, result.stderr
+    registered = time.monotonic()
+    while True:
+        try:
+            with flightsql.connect(live_mesh.uri) as conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) AS n FROM customers.segments_copy")
+                assert cur.fetch_arrow_table().column("n")[0].as_py() == 5
+            break
+        except flightsql.Error:
+            assert time.monotonic() - registered < 1.0, "a registered product was not queryable within 1 s"
+            time.sleep(0.05)
+
+
+def test_repeated_and_prepared_statements_reuse_their_plan(live_mesh: LiveMesh) -> None:
+    service = live_mesh.service
+    sql = "SELECT c.country, count(*) AS n FROM customers.customers c JOIN orders.orders o ON o.customer_id = c.customer_id WHERE o.status = ? GROUP BY c.country"
+    with flightsql.connect(live_mesh.uri) as conn, conn.cursor() as cur:
+        cur.execute(sql, ("delivered",))
+        cur.fetch_arrow_table()
+        built = service.stats["plans_built"]
+        for status in ("returned", "cancelled", "delivered"):
+            cur.execute(sql, (status,))
+            assert cur.fetch_arrow_table().num_rows > 0
+        assert service.stats["plans_built"] == built
+
+
+def test_a_meshgate_can_be_a_flightsql_source_of_another(live_mesh: LiveMesh, tmp_path: Path) -> None:
+    from gateway.descriptor import validate
+    from gateway.registry import Registry
+    from tests.mesh import start_gateway
+
+    descriptor = {
+        "apiVersion": "datamesh.io/v1", "kind": "DataProduct",
+        "metadata": {"name": "remote_orders", "domain": "edge", "owner": "x@example.com", "version": "1.0.0"},
+        "spec": {"source": {"connector": "flightsql", "uri": live_mesh.uri, "table": "orders.orders"},
+                 "schema": [{"name": "order_id", "type": "int64"}, {"name": "status", "type": "string"},
+                            {"name": "total_amount", "type": "decimal(12,2)"}]},
+    }
+    registry = Registry(tmp_path / "edge.db")
+    registry.register([validate(descriptor)])
+    service, server, uri = start_gateway(registry)
+    try:
+        with flightsql.connect(uri) as conn, conn.cursor() as cur:
+            cur.execute("SELECT status, count(*) AS n, sum(total_amount) AS total FROM edge.remote_orders GROUP BY status ORDER BY status")
+            chained = cur.fetch_arrow_table()
+            cur.execute("EXPLAIN SELECT status FROM edge.remote_orders WHERE total_amount > 100")
+            plan = cur.fetch_arrow_table().to_pylist()
+        with flightsql.connect(live_mesh.uri) as conn, conn.cursor() as cur:
+            cur.execute("SELECT status, count(*) AS n, sum(total_amount) AS total FROM orders.orders GROUP BY status ORDER BY status")
+            direct = cur.fetch_arrow_table()
+        assert chained.to_pylist() == direct.to_pylist()
+        assert plan[0]["source"].startswith("flightsql:") and "total_amount\" > 100" in plan[0]["sql"]
+    finally:
+        server.shutdown()
+        service.close()
