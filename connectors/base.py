@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import queue
 import re
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Generic, TypeVar
+from types import ModuleType
+from typing import Any, Callable, ClassVar, Generic, Iterator, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
+from sqlglot.errors import ParseError
 
-from gateway.errors import SourceUnavailable
+from gateway.errors import InvalidQuery, MeshError, QueryCancelled, SourceUnavailable
 
 
 @dataclass(frozen=True)
@@ -51,26 +55,57 @@ class SourceConfig:
     uri: str
     base_dir: Path | None = None
 
+    def local_path(self) -> Path:
+        """``uri`` as an absolute file-system path (file sources), relative to ``base_dir``.
+
+        A descriptor names its files relative to its own folder, so the same product works
+        wherever the gateway was started.
+        """
+        path = Path(self.uri)
+        if not path.is_absolute():
+            path = (self.base_dir or Path.cwd()) / path
+        return path.resolve()
+
 
 class Scan:
     """A fragment being read: the Arrow stream plus a way to stop the source's work.
 
-    ``close`` is always called (by the engine) and gives the connection back to its pool.
+    ``reader`` may be given as a function that starts the query: it is then called on the first
+    use of ``reader``, so the query runs while ``cancel`` can already stop it (DuckDB and
+    PostgreSQL compute a whole aggregate before they return the first batch). A scan cancelled
+    before it started never starts. ``close`` is always called (by the engine) and gives the
+    connection back to its pool.
     """
 
     def __init__(
         self,
-        reader: pa.RecordBatchReader,
+        reader: pa.RecordBatchReader | Callable[[], pa.RecordBatchReader],
         cancel: Callable[[], None],
         close: Callable[[], None],
     ) -> None:
-        self.reader = reader
+        if isinstance(reader, pa.RecordBatchReader):
+            self._reader: pa.RecordBatchReader | None = reader
+            self._start: Callable[[], pa.RecordBatchReader] | None = None
+        else:
+            self._reader, self._start = None, reader
         self._cancel = cancel
         self._close = close
         self._closed = False
+        self.cancelled = False
+
+    @property
+    def reader(self) -> pa.RecordBatchReader:
+        """The result stream; for a lazily started scan, first use runs the query."""
+        if self._reader is None:
+            if self.cancelled:
+                raise QueryCancelled("the scan was cancelled before its query started")
+            assert self._start is not None
+            self._reader = self._start()
+        return self._reader
 
     def cancel(self) -> None:
         """Ask the source to stop; safe to call from another thread, and more than once."""
+        self.cancelled = True
         try:
             self._cancel()
         except Exception:  # noqa: BLE001 - a failed cancel must not mask the original error
@@ -157,10 +192,15 @@ class Connector(ABC):
         """Run a fragment, turning driver errors into a ``SourceUnavailable`` naming the source."""
         try:
             return self.open_scan(sql)
-        except SourceUnavailable:
+        except MeshError:
             raise
         except Exception as err:  # noqa: BLE001 - every driver has its own error classes
-            raise SourceUnavailable(f"source {self.display_name} failed: {_first_line(err)}") from err
+            raise self.source_error(err) from err
+
+    def source_error(self, err: BaseException) -> SourceUnavailable:
+        """The error a client sees for a driver failure: the source's name and the driver's
+        first line, with anything that looks like a password removed (drivers echo URIs)."""
+        return SourceUnavailable(f"source {self.display_name} failed: {redact_uri(_first_line(err))}")
 
     def schema(self, table: str | None, query: str | None) -> pa.Schema:
         """The Arrow schema the source reports for a product's relation (no rows are read)."""
@@ -193,6 +233,247 @@ class Connector(ABC):
         """Release pooled connections; the gateway calls this when the source is dropped."""
 
 
+C = TypeVar("C")
+
+
+class PooledConnector(Connector, Generic[C]):
+    """The scan machinery shared by every connector that talks to its source through a pool of
+    connections (each subclass says how to connect, run a query and interrupt it).
+
+    A scan takes its connection from the pool at once, so an unreachable source fails in
+    ``scan()``, but runs the query only when the reader is first used (see ``Scan``). The stream
+    is wrapped so that a driver error while reading becomes a ``SourceUnavailable`` naming the
+    source (or ``QueryCancelled`` after a cancel), and so that the connection returns to the
+    pool only when its result was read to the end: a failed, cancelled or half-read result can
+    leave a connection unusable, and a fresh connection is cheap next to a wrong one.
+    """
+
+    #: Rows per Arrow batch, where the driver lets us choose: large enough to amortise per-batch
+    #: overhead, small enough to stream and to let a cancel take effect between batches.
+    batch_rows: ClassVar[int] = 65_536
+
+    def __init__(self, config: SourceConfig) -> None:
+        super().__init__(config)
+        self._pool: ConnectionPool[C] = ConnectionPool(self._connect, self._disconnect)
+        self._closed = False
+
+    @abstractmethod
+    def _connect(self) -> C:
+        """A new connection, used by one scan at a time."""
+
+    @abstractmethod
+    def _disconnect(self, conn: C) -> None:
+        """Close a connection for good."""
+
+    @abstractmethod
+    def _execute(self, conn: C, sql: str) -> pa.RecordBatchReader:
+        """Run ``sql`` on ``conn``; may block until the source has the first batch."""
+
+    @abstractmethod
+    def _interrupt(self, conn: C) -> None:
+        """Stop the query running on ``conn``; called from another thread."""
+
+    def _is_stale(self, err: Exception) -> bool:
+        """Whether ``err`` says the connection itself is dead (the server restarted), so the
+        query is worth one retry on a new connection."""
+        return False
+
+    def _adapt(self, conn: C, sql: str, reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
+        """Hook: turn the driver's stream into the types the gateway expects."""
+        return reader
+
+    def relation(self, table: str | None, query: str | None) -> exp.Expression:
+        """A table name, or ``(query) AS _src``, both parsed in this source's dialect."""
+        if (table is None) == (query is None):
+            raise InvalidQuery(f"source {self.display_name}: give either a table or a query")
+        if table is not None:
+            return exp.to_table(table, dialect=self.dialect)
+        assert query is not None
+        return parse_query(query, self.dialect, self.display_name).subquery("_src")
+
+    def open_scan(self, sql: str) -> Scan:
+        running = _PooledScan(self, sql)
+        return Scan(running.start, running.cancel, running.close)
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.close_all()
+
+
+class AdbcConnector(PooledConnector[Any]):
+    """Shared base of the ADBC-backed connectors (PostgreSQL, SQLite, Flight SQL).
+
+    A pooled item is a DB-API cursor with its own connection: one connection per concurrent
+    fragment (a shared ADBC PostgreSQL connection deadlocked), and the cursor's ADBC statement
+    keeps the options set once at connect. Connections run in autocommit, so no pooled
+    connection sits "idle in transaction" holding a snapshot (PostgreSQL) or a read lock that
+    blocks writers (SQLite).
+    """
+
+    #: The driver's DB-API module, e.g. ``adbc_driver_postgresql.dbapi``.
+    dbapi: ClassVar[ModuleType]
+
+    def _driver_uri(self) -> str:
+        """What the driver connects to; defaults to the descriptor's ``uri``."""
+        return self.config.uri
+
+    def _database_options(self) -> dict[str, str]:
+        """ADBC database options (credentials, timeouts)."""
+        return {}
+
+    def _statement_options(self) -> dict[str, str]:
+        """ADBC statement options set on every pooled cursor (batch sizes)."""
+        return {}
+
+    def _connect(self) -> Any:
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if options := self._database_options():
+            kwargs["db_kwargs"] = options  # not every driver's connect() takes db_kwargs
+        conn = self.dbapi.connect(self._driver_uri(), **kwargs)
+        try:
+            cursor = conn.cursor()
+            if statement_options := self._statement_options():
+                cursor.adbc_statement.set_options(**statement_options)
+        except BaseException:
+            conn.close()
+            raise
+        return cursor
+
+    def _disconnect(self, conn: Any) -> None:
+        try:
+            conn.close()  # ADBC refuses to close a connection that still has an open statement
+        finally:
+            conn.connection.close()
+
+    def _execute(self, conn: Any, sql: str) -> pa.RecordBatchReader:
+        conn.execute(sql)
+        return conn.fetch_record_batch()
+
+    def _interrupt(self, conn: Any) -> None:
+        conn.adbc_cancel()
+
+    def _is_stale(self, err: Exception) -> bool:
+        # Connection-level failures are OperationalError without an SQLSTATE from the server,
+        # or with class 08 (connection exception) / 57P01 (admin shutdown); an SQL error
+        # (syntax, division by zero) is another class, and running it again would not help.
+        if not isinstance(err, self.dbapi.OperationalError):
+            return False
+        sqlstate = getattr(err, "sqlstate", None)
+        return sqlstate is None or sqlstate.startswith("08") or sqlstate == "57P01"
+
+
+class _PooledScan(Generic[C]):
+    """One scan's connection and result, shared by the reading thread and a cancelling one."""
+
+    def __init__(self, connector: PooledConnector[C], sql: str) -> None:
+        self._connector = connector
+        self._sql = sql
+        self._lock = threading.Lock()
+        self._conn: C | None = connector._pool.acquire()
+        self._readers: list[pa.RecordBatchReader] = []
+        self._reusable = True  # nothing started yet: the connection is as good as we got it
+        self._cancelled = False
+
+    def start(self) -> pa.RecordBatchReader:
+        self._reusable = False
+        try:
+            source = self._execute()
+            self._readers.append(source)
+            assert self._conn is not None
+            adapted = self._connector._adapt(self._conn, self._sql, source)
+            self._readers.append(adapted)
+        except Exception as err:  # noqa: BLE001 - driver errors of every kind
+            raise self._failure(err) from err
+        return pa.RecordBatchReader.from_batches(adapted.schema, self._batches(adapted))
+
+    def _execute(self) -> pa.RecordBatchReader:
+        if self._cancelled:
+            raise QueryCancelled(f"scan of {self._connector.display_name} was cancelled before it started")
+        assert self._conn is not None
+        try:
+            return self._connector._execute(self._conn, self._sql)
+        except Exception as err:  # noqa: BLE001
+            if self._cancelled or not self._connector._is_stale(err):
+                raise
+        # A pooled connection the server dropped (restart, idle timeout). Fragments only read,
+        # so running this one again on a new connection is safe; a second failure is reported.
+        with self._lock:
+            stale, self._conn = self._conn, None
+        self._connector._pool.release(stale, healthy=False)
+        fresh = self._connector._connect()
+        with self._lock:
+            self._conn = fresh
+        if self._cancelled:
+            raise QueryCancelled(f"scan of {self._connector.display_name} was cancelled")
+        return self._connector._execute(fresh, self._sql)
+
+    def _batches(self, reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+        while True:
+            if self._cancelled:
+                # Sources that cannot interrupt a running query stop here, at a batch boundary.
+                raise QueryCancelled(f"scan of {self._connector.display_name} was cancelled")
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                self._reusable = True
+                return
+            except Exception as err:  # noqa: BLE001
+                raise self._failure(err) from err
+            yield batch
+
+    def _failure(self, err: Exception) -> MeshError:
+        if isinstance(err, MeshError):
+            return err
+        if self._cancelled:
+            return QueryCancelled(f"scan of {self._connector.display_name} was cancelled")
+        return self._connector.source_error(err)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        with self._lock:
+            conn = self._conn
+        if conn is not None:
+            self._connector._interrupt(conn)
+
+    def close(self) -> None:
+        for reader in reversed(self._readers):
+            try:
+                reader.close()
+            except Exception:  # noqa: BLE001 - the connection is judged below, not by this
+                pass
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            # After a cancel, DuckDB keeps the interrupt pending for the next query: never reuse.
+            healthy = self._reusable and not self._cancelled and not self._connector._closed
+            self._connector._pool.release(conn, healthy)
+
+
+def parse_query(query: str, dialect: str, source: str) -> exp.Query:
+    """A product's ``query:`` parsed in its source's dialect; only a single read query passes."""
+    try:
+        parsed = sqlglot.parse_one(query, read=dialect)
+    except ParseError as err:
+        raise InvalidQuery(
+            f"source {source}: spec.source.query does not parse as {dialect}: {_first_line(err)}"
+        ) from err
+    if not isinstance(parsed, exp.Query):
+        raise InvalidQuery(f"source {source}: spec.source.query must be one SELECT query, not {parsed.key.upper()}")
+    return parsed
+
+
+def uri_without_password(uri: str) -> str:
+    """The URI minus its password (userinfo or ``password=`` option): an identity for a
+    server and user that can be logged and compared, unlike ``redact_uri``'s placeholder."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = userinfo.split(":", 1)[0] + "@" + host
+    query = "&".join(p for p in parts.query.split("&") if p and not p.lower().startswith("password="))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 def redact_uri(uri: str) -> str:
     """Hide a password in ``scheme://user:password@host/...`` (and ``password=`` options)."""
     uri = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", uri)
@@ -205,10 +486,14 @@ def _first_line(err: BaseException) -> str:
 
 
 __all__ = [
+    "AdbcConnector",
     "Capabilities",
     "ConnectionPool",
     "Connector",
+    "PooledConnector",
     "Scan",
     "SourceConfig",
+    "parse_query",
     "redact_uri",
+    "uri_without_password",
 ]

@@ -1,0 +1,71 @@
+"""Parquet files, read by an in-process, in-memory DuckDB.
+
+``uri`` is a file, a directory (every ``*.parquet`` below it, at any depth) or a glob, relative
+to the descriptor's folder. All parquet products share the source id ``parquet``: any of these
+connectors can read any product's files, so the planner may push a join or an aggregate over
+several parquet products into one DuckDB fragment.
+
+A product may give ``query:`` (DuckDB SQL) instead of reading the files as they are; in it the
+table name ``files`` stands for the product's files, e.g.
+``SELECT * FROM files WHERE status <> 'test'``.
+"""
+
+from __future__ import annotations
+
+import glob
+from typing import ClassVar
+
+import duckdb
+import sqlglot
+from sqlglot import exp
+
+from connectors.base import parse_query
+from connectors.duckdb import DUCKDB_SETTINGS, DuckDBEngineConnector
+from gateway.errors import InvalidQuery, SourceUnavailable
+
+#: The table name that stands for the product's files in a parquet product's ``query:``.
+FILES_TABLE = "files"
+
+
+class ParquetConnector(DuckDBEngineConnector):
+    kind: ClassVar[str] = "parquet"
+
+    @property
+    def source_id(self) -> str:
+        return "parquet"
+
+    def _open_database(self) -> duckdb.DuckDBPyConnection:
+        return duckdb.connect(":memory:", config=dict(DUCKDB_SETTINGS))
+
+    def relation(self, table: str | None, query: str | None) -> exp.Expression:
+        if table is not None:
+            raise InvalidQuery(
+                f"source {self.display_name}: a parquet source reads the files at its uri and takes no "
+                f"table; remove spec.source.table, or filter in spec.source.query using the table name "
+                f"'{FILES_TABLE}'"
+            )
+        files = self._read_parquet()
+        if query is None:
+            return files
+        parsed = parse_query(query, self.dialect, self.display_name)
+        for ref in list(parsed.find_all(exp.Table)):
+            if ref.name == FILES_TABLE and not ref.db and not ref.catalog:
+                alias = ref.alias or FILES_TABLE  # keep `files.col` references valid
+                ref.replace(files.copy().as_(alias))
+        return parsed.subquery("_src")
+
+    def _read_parquet(self) -> exp.Expression:
+        """``read_parquet('<pattern>')``: DuckDB expands the pattern when the fragment runs, so
+        files added since planning are read too."""
+        path = self.config.local_path()
+        pattern = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
+        if next(glob.iglob(pattern, recursive=True), None) is None:
+            raise SourceUnavailable(
+                f"source {self.display_name}: no parquet files at {pattern}; check spec.source.uri "
+                "(a .parquet file, a directory holding them, or a glob)"
+            )
+        item = f"read_parquet({exp.Literal.string(pattern).sql(self.dialect)})"
+        select = sqlglot.parse_one(f"SELECT * FROM {item}", read=self.dialect)
+        from_ = select.find(exp.From)
+        assert from_ is not None
+        return from_.this
