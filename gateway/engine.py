@@ -79,13 +79,20 @@ class Engine:
             table = fragment.local_table
             return pa.RecordBatchReader.from_batches(_rename(table.schema, names), iter(_rename_batches(table.to_batches(), names)))
         scan = self._open(fragment, control)
-        schema = _rename(conform_schema(scan.reader.schema, fragment.expected), names)
+        watchdog = _Watchdog(scan, control)
+        try:
+            schema = _rename(conform_schema(_source_schema(scan, control), fragment.expected), names)
+        except BaseException:
+            watchdog.stop()
+            scan.close()
+            raise
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
-                for batch in _watched(scan, control):
+                for batch in _read(scan, control):
                     yield from _slices(_rename_batch(conform(batch, fragment.expected), schema))
             finally:
+                watchdog.stop()
                 scan.close()
 
         return pa.RecordBatchReader.from_batches(schema, batches())
@@ -101,14 +108,16 @@ class Engine:
             scan = self._open(fragment, control)
             with lock:
                 scans.append(scan)
+            watchdog = _Watchdog(scan, control)
             try:
+                schema = conform_schema(_source_schema(scan, control), fragment.expected)
                 batches = []
-                for batch in _watched(scan, control):
+                for batch in _read(scan, control):
                     budget.take(batch.nbytes)
                     batches.append(conform(batch, fragment.expected))
-                schema = conform_schema(scan.reader.schema, fragment.expected)
                 return pa.Table.from_batches(batches, schema=schema)
             finally:
+                watchdog.stop()
                 scan.close()
 
         futures: dict[str, Future[pa.Table]] = {f.name: self._pool.submit(fetch, f) for f in fragments}
@@ -187,31 +196,49 @@ class _MemoryBudget:
                 )
 
 
-def _watched(scan: Scan, control: QueryControl) -> Iterator[pa.RecordBatch]:
-    """A scan's batches, stopping the source when the query's deadline passes or it is cancelled."""
-    stop = threading.Event()
+class _Watchdog:
+    """Cancels a scan at its source the moment the query's deadline passes or its client leaves,
+    even while the source is still computing (an aggregate returns nothing until it is done)."""
 
-    def watchdog() -> None:
-        while not stop.wait(0.05):
+    def __init__(self, scan: Scan, control: QueryControl) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(scan, control), daemon=True)
+        self._thread.start()
+
+    def _watch(self, scan: Scan, control: QueryControl) -> None:
+        while not self._stop.wait(0.05):
             if control.is_cancelled() or time.monotonic() > control.deadline:
                 scan.cancel()
                 return
 
-    guard = threading.Thread(target=watchdog, daemon=True)
-    guard.start()
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _source_schema(scan: Scan, control: QueryControl) -> pa.Schema:
+    """The scan's schema; touching the reader starts the source query, which may be cancelled."""
     try:
-        while True:
+        return scan.reader.schema
+    except MeshError:
+        control.check()  # report a timeout or cancel as such, not as the driver's symptom
+        raise
+
+
+def _read(scan: Scan, control: QueryControl) -> Iterator[pa.RecordBatch]:
+    """A scan's batches, checking the deadline and the client between them."""
+    while True:
+        control.check()
+        try:
+            batch = scan.reader.read_next_batch()
+        except StopIteration:
+            return
+        except MeshError:
             control.check()
-            try:
-                batch = scan.reader.read_next_batch()
-            except StopIteration:
-                return
-            except Exception as err:  # noqa: BLE001 - driver errors mid-stream
-                control.check()  # a cancel we asked for surfaces as a driver error: report the cause
-                raise SourceUnavailable(f"source failed while streaming: {str(err).splitlines()[0][:300]}") from err
-            yield batch
-    finally:
-        stop.set()
+            raise
+        except Exception as err:  # noqa: BLE001 - driver errors mid-stream
+            control.check()  # a cancel we asked for surfaces as a driver error: report the cause
+            raise SourceUnavailable(f"source failed while streaming: {str(err).splitlines()[0][:300]}") from err
+        yield batch
 
 
 def _engine_error(err: Exception) -> MeshError:
