@@ -227,8 +227,11 @@ def _serve(service, host: str, port: int, grace_period: float, banner: str = "")
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     stderr.print(f"shutting down: no new queries; running ones get up to {grace_period:g} s")
+    started = time.monotonic()
     if not service.drain(grace_period):
         stderr.print("grace period over; exiting with queries still running")
+    # Clients close their statements right after the last batch: give those calls a moment.
+    time.sleep(max(0.0, min(1.0, grace_period - (time.monotonic() - started))))
     threading.Thread(target=server.shutdown, daemon=True).start()  # waits for in-flight calls
     time.sleep(0.2)
     service.close()
