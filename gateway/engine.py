@@ -12,16 +12,18 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
+from sqlglot import exp
 
 from connectors.base import Scan
 from gateway.errors import InvalidQuery, MeshError, QueryCancelled, QueryTimeout, ResourceExhausted, SourceUnavailable
 from gateway.planner.bind import BoundFragment, BoundPlan
+from gateway.planner.plan import DynamicFilter
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 """Largest record batch sent to a client: well under ADBC's 16 MiB receive limit."""
@@ -34,6 +36,7 @@ class QueryControl:
     deadline: float
     is_cancelled: Callable[[], bool]
     timeout_seconds: float
+    sent: list[str] = field(default_factory=list)  # the SQL each source was sent, for history and audit
 
     def check(self) -> None:
         if self.is_cancelled():
@@ -52,10 +55,15 @@ class Engine:
         self.target_partitions = target_partitions
         self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="fragment")
 
-    def execute(self, plan: BoundPlan, control: QueryControl) -> pa.RecordBatchReader:
+    def execute(
+        self, plan: BoundPlan, control: QueryControl, estimates: dict[str, int | None] | None = None
+    ) -> pa.RecordBatchReader:
+        """Run ``plan``; ``estimates`` (rows per fragment, from the sources' statistics) let the
+        engine fetch a small fragment first and filter a large one by its join keys."""
         if plan.passthrough is not None:
             return self._stream_fragment(plan.passthrough, plan.output_names, control)
-        tables = self._fetch_all(plan.fragments, control)
+        probes = choose_dynamic_filters(plan.dynamic_filters, estimates or {})
+        tables = self._fetch_all(plan.fragments, probes, control)
         return self._run_residual(plan, tables, control)
 
     def result_schema(self, plan: BoundPlan, fragment_schemas: dict[str, pa.Schema]) -> pa.Schema:
@@ -97,15 +105,22 @@ class Engine:
 
         return pa.RecordBatchReader.from_batches(schema, batches())
 
-    def _fetch_all(self, fragments: list[BoundFragment], control: QueryControl) -> dict[str, pa.Table]:
+    def _fetch_all(
+        self, fragments: list[BoundFragment], probes: dict[str, list[DynamicFilter]], control: QueryControl
+    ) -> dict[str, pa.Table]:
+        """Fetch every fragment concurrently; a probe waits for its builds' keys, then starts."""
         budget = _MemoryBudget(self.memory_limit)
         scans: list[Scan] = []
         lock = threading.Lock()
 
-        def fetch(fragment: BoundFragment) -> pa.Table:
+        def fetch(fragment: BoundFragment, sql: str | None = None) -> pa.Table:
             if fragment.local_table is not None:
                 return fragment.local_table
-            scan = self._open(fragment, control)
+            control.check()
+            assert fragment.connector is not None
+            text = sql or fragment.sql or ""
+            control.sent.append(text)
+            scan = fragment.connector.scan(text)
             with lock:
                 scans.append(scan)
             watchdog = _Watchdog(scan, control)
@@ -120,13 +135,21 @@ class Engine:
                 watchdog.stop()
                 scan.close()
 
-        futures: dict[str, Future[pa.Table]] = {f.name: self._pool.submit(fetch, f) for f in fragments}
+        by_name = {f.name: f for f in fragments}
+        futures: dict[str, Future[pa.Table]] = {
+            f.name: self._pool.submit(fetch, f) for f in fragments if f.name not in probes
+        }
         try:
-            pending = set(futures.values())
-            while pending:
-                done, pending = wait(pending, timeout=0.05, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    future.result()  # re-raise the first failure
+            while len(futures) < len(fragments) or not all(f.done() for f in futures.values()):
+                for probe, filters in probes.items():
+                    if probe not in futures and all(futures[f.build].done() for f in filters):
+                        builds = {f.build: futures[f.build].result() for f in filters}
+                        futures[probe] = self._pool.submit(fetch, by_name[probe], filtered_sql(by_name[probe], filters, builds))
+                pending = [f for f in futures.values() if not f.done()]
+                if pending:
+                    done, _ = wait(pending, timeout=0.05, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        future.result()  # re-raise the first failure
                 control.check()
         except BaseException:
             for future in futures.values():
@@ -140,6 +163,7 @@ class Engine:
     def _open(self, fragment: BoundFragment, control: QueryControl) -> Scan:
         control.check()
         assert fragment.connector is not None and fragment.sql is not None
+        control.sent.append(fragment.sql)
         return fragment.connector.scan(fragment.sql)
 
     # --- residual -----------------------------------------------------------------------------
@@ -176,6 +200,55 @@ class Engine:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+MAX_FILTER_KEYS = 20_000
+"""Most distinct keys sent to a source in one dynamic filter (an IN list stays cheap to parse)."""
+
+MIN_PROBE_RATIO = 4
+"""A fragment is filtered by another's keys only if its source holds this many times more rows."""
+
+
+def choose_dynamic_filters(filters: list[DynamicFilter], estimates: dict[str, int | None]) -> dict[str, list[DynamicFilter]]:
+    """Which candidate filters to use: the build side must be much smaller than the probe side,
+    and no fragment both waits for keys and provides them (no chains of waiting)."""
+    chosen: dict[str, list[DynamicFilter]] = {}
+    builds: set[str] = set()
+    for f in sorted(filters, key=lambda f: estimates.get(f.build) or 0):
+        build, probe = estimates.get(f.build), estimates.get(f.probe)
+        if build is None or probe is None or probe < MIN_PROBE_RATIO * max(build, 1):
+            continue
+        if f.build in chosen or f.probe in builds:
+            continue
+        chosen.setdefault(f.probe, []).append(f)
+        builds.add(f.build)
+    return chosen
+
+
+def filtered_sql(fragment: BoundFragment, filters: list[DynamicFilter], builds: dict[str, pa.Table]) -> str | None:
+    """The probe fragment's SQL restricted to the build sides' keys, or None to run it as is.
+
+    Keys are integers or strings (strings quoted with doubled quotes, standard SQL in every
+    dialect here); any other key type, or too many keys, leaves that filter out.
+    """
+    assert fragment.connector is not None and fragment.sql is not None
+    dialect = fragment.connector.dialect
+    conditions = []
+    for f in filters:
+        keys = pc.unique(builds[f.build].column(f.build_column).drop_null())
+        if len(keys) > MAX_FILTER_KEYS:
+            continue
+        column = exp.column(f.probe_column, table="_dynamic", quoted=True).sql(dialect=dialect)
+        if len(keys) == 0:
+            conditions.append("1 = 0")
+        elif pa.types.is_integer(keys.type):
+            conditions.append(f"{column} IN ({', '.join(str(int(k)) for k in keys.to_pylist())})")
+        elif pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type):
+            quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys.to_pylist())
+            conditions.append(f"{column} IN ({quoted})")
+    if not conditions:
+        return None
+    return f"SELECT * FROM ({fragment.sql}) AS _dynamic WHERE {' AND '.join(conditions)}"
 
 
 class _MemoryBudget:

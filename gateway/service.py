@@ -10,6 +10,7 @@ import fnmatch
 import hashlib
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -17,8 +18,10 @@ import pyarrow as pa
 from cachetools import LRUCache
 from sqlglot import exp
 
-from gateway.engine import Engine, QueryControl, conform_schema
-from gateway.errors import ResourceExhausted, ShuttingDown
+from connectors.base import Connector
+from gateway.descriptor import Descriptor
+from gateway.engine import MAX_FILTER_KEYS, MIN_PROBE_RATIO, Engine, QueryControl, conform_schema
+from gateway.errors import MeshError, ResourceExhausted, ShuttingDown
 from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.planner import Plan, PlanContext, bind, parse_statement, plan_statement
 from gateway.planner.plan import Fragment
@@ -66,6 +69,7 @@ class _Planned:
     kind: str  # 'query' | 'explain' | 'show' | 'describe'
     plan: Plan
     schema: pa.Schema
+    estimates: dict[str, int | None]  # rows per fragment, for dynamic filtering
 
 
 EXPLAIN_SCHEMA = pa.schema([("step", pa.string()), ("source", pa.string()), ("products", pa.string()), ("sql", pa.string())])
@@ -81,6 +85,8 @@ class GatewayService:
         self._plans_lock = threading.Lock()
         self._admission = _Admission(settings.max_concurrent_queries, settings.max_queued_queries)
         self.stats = {"plans_built": 0, "plan_cache_hits": 0}
+        self._row_counts: dict[str, int | None] = {}
+        self.recent: deque[QueryControl] = deque(maxlen=100)  # newest last; what each query sent
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -109,9 +115,10 @@ class GatewayService:
             timeout_seconds=self.settings.query_timeout,
         )
         bound = bind(planned.plan, list(parameters))
+        self.recent.append(control)
         slot = self._admission.enter(control)
         try:
-            reader = self.engine.execute(bound, control)
+            reader = self.engine.execute(bound, control, planned.estimates)
         except BaseException:
             slot.release()
             raise
@@ -127,6 +134,12 @@ class GatewayService:
         for fragment in bound.fragments:
             source = fragment.connector.display_name if fragment.connector else SYSTEM_SCHEMA
             rows.append((f"fragment {fragment.name}", source, ", ".join(fragment.products), fragment.sql or "(in memory)"))
+        for f in bound.dynamic_filters:
+            rows.append((
+                "dynamic filter", "", "",
+                f"{f.probe}.{f.probe_column} IN (keys of {f.build}.{f.build_column}) when {f.probe}'s sources hold "
+                f">= {MIN_PROBE_RATIO}x the rows of {f.build}'s and it returns <= {MAX_FILTER_KEYS} keys",
+            ))
         if bound.passthrough is not None:
             rows.append(("result", "passthrough", "", f"stream of fragment {bound.passthrough.name}"))
         else:
@@ -149,11 +162,30 @@ class GatewayService:
         ctx = PlanContext(catalog, self.sources.connector_for, lambda name: system_table(catalog, name))
         plan = plan_statement(sql, statement, ctx)
         schema = EXPLAIN_SCHEMA if statement.kind == "explain" else self._result_schema(plan)
-        planned = _Planned(statement.kind, plan, schema)
+        estimates = self._estimates(plan) if plan.dynamic_filters and statement.kind != "explain" else {}
+        planned = _Planned(statement.kind, plan, schema, estimates)
         self.stats["plans_built"] += 1
         with self._plans_lock:
             self._plans[key] = planned
         return planned
+
+    def _estimates(self, plan: Plan) -> dict[str, int | None]:
+        """Rows each fragment's products hold (the largest one's), from cached source statistics."""
+        estimates: dict[str, int | None] = {}
+        for fragment in plan.fragments:
+            counts = [self._row_count(b.descriptor, b.connector) for b in fragment.bindings if b.descriptor and b.connector]
+            estimates[fragment.name] = None if not counts or None in counts else max(counts)  # type: ignore[type-var]
+        return estimates
+
+    def _row_count(self, descriptor: Descriptor, connector: Connector) -> int | None:
+        """A product version's row count, asked once; a source that cannot say gives None."""
+        key = f"{descriptor.product_id}@{descriptor.version}"
+        if key not in self._row_counts:
+            try:
+                self._row_counts[key] = connector.row_count(descriptor.source.table, descriptor.source.query)
+            except MeshError:
+                self._row_counts[key] = None
+        return self._row_counts[key]
 
     def _result_schema(self, plan: Plan) -> pa.Schema:
         bound = bind(plan, [None] * len(plan.parameter_types))

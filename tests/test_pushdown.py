@@ -9,6 +9,7 @@ from __future__ import annotations
 import adbc_driver_flightsql.dbapi as flightsql
 import pytest
 
+from policies import ANONYMOUS
 from tests.mesh import LiveMesh
 
 pytestmark = pytest.mark.postgres
@@ -132,3 +133,23 @@ def test_postgres_fragment_is_in_postgres_dialect(live_mesh: LiveMesh) -> None:
     assert shipments["source"].startswith("postgres:")
     assert "CAST('2024-03-01' AS DATE)" in shipments["sql"]
 
+
+
+def test_dynamic_filter_sends_the_small_sides_keys_to_the_large_source(live_mesh: LiveMesh) -> None:
+    sql = (
+        "SELECT c.country, count(*) AS n FROM customers.customers c JOIN orders.order_items i ON i.order_id = c.customer_id "
+        "WHERE c.country = 'JP' GROUP BY c.country"
+    )
+    rows = explain(live_mesh, sql)
+    assert any(r["step"] == "dynamic filter" and "f1.order_id IN (keys of f0.customer_id)" in r["sql"] for r in rows)
+    with flightsql.connect(live_mesh.uri) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        answer = cur.fetch_arrow_table()
+    sent = next(c for c in reversed(live_mesh.service.recent) if any("order_items" in s for s in c.sent)).sent
+    items = next(s for s in sent if "order_items" in s)
+    assert '"_dynamic"."order_id" IN (' in items
+    japanese = live_mesh.service.execute(
+        "SELECT count(*) AS n FROM customers.customers WHERE country = 'JP'", ANONYMOUS
+    ).read_all().column("n")[0].as_py()
+    assert items.count(",") + 1 == japanese  # exactly the Japanese customers' ids
+    assert answer.column("n")[0].as_py() > 0

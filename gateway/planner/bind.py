@@ -16,7 +16,7 @@ from sqlglot import exp
 
 from connectors.base import Connector
 from gateway.errors import InvalidQuery
-from gateway.planner.plan import Plan
+from gateway.planner.plan import DynamicFilter, Plan
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class BoundPlan:
     residual_sql: str  # for DataFusion
     output_names: list[str]
     passthrough: BoundFragment | None
+    dynamic_filters: list[DynamicFilter]
 
 
 def bind(plan: Plan, values: Sequence[Any] | None) -> BoundPlan:
@@ -53,7 +54,7 @@ def bind(plan: Plan, values: Sequence[Any] | None) -> BoundPlan:
         )
     residual = _substitute(plan.residual, literals).sql(dialect="postgres", identify=True)
     passthrough = fragments[0] if plan.passthrough is not None else None
-    return BoundPlan(fragments, residual, plan.output_names, passthrough)
+    return BoundPlan(fragments, residual, plan.output_names, passthrough, plan.dynamic_filters)
 
 
 def _substitute(expression: exp.Expression, literals: list[exp.Expression]) -> exp.Expression:

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from connectors.base import Connector
 from gateway.descriptor import Descriptor
-from gateway.planner.plan import Binding, Fragment
+from gateway.planner.plan import Binding, DynamicFilter, Fragment
 from gateway.registry import Catalog
 
 
@@ -24,6 +24,7 @@ class PlanContext:
     fragments: list[Fragment] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
     parameter_types: list[pa.DataType] = field(default_factory=list)
+    dynamic_filters: list[DynamicFilter] = field(default_factory=list)
 
     def add_fragment(self, fragment_factory: Callable[[str], Fragment]) -> Fragment:
         """Create the next fragment with a fresh name (f0, f1, ...)."""

@@ -34,13 +34,6 @@ def to_physical(query: exp.Query, ctx: PlanContext) -> exp.Query:
     return physical
 
 
-def product_labels(bindings: list[Binding]) -> tuple[str, ...]:
-    """``domain.name@version`` of each product read, for EXPLAIN and audit."""
-    return tuple(
-        sorted({f"{b.descriptor.product_id}@{b.descriptor.version}" for b in bindings if b.descriptor is not None})
-    )
-
-
 def add_source_fragment(
     ctx: PlanContext, query: exp.Query, bindings: list[Binding], conform: dict[str, pa.DataType] | None
 ) -> Fragment:
@@ -48,7 +41,7 @@ def add_source_fragment(
     connector = bindings[0].connector
     physical = to_physical(query, ctx)
     expected = pa.schema(list(conform.items())) if conform else None
-    return ctx.add_fragment(lambda name: Fragment(name, connector, physical, expected, product_labels(bindings)))
+    return ctx.add_fragment(lambda name: Fragment(name, connector, physical, expected, tuple(bindings)))
 
 
 def columns_by_table(scopes: list[Scope], ctx: PlanContext) -> dict[int, set[str]]:

@@ -16,6 +16,7 @@ from gateway.planner.name_outputs import deduplicate_outputs, name_outputs
 from gateway.planner.number_parameters import number_parameters
 from gateway.planner.parse_statement import Statement
 from gateway.planner.plan import Plan
+from gateway.planner.plan_dynamic_filters import plan_dynamic_filters
 from gateway.planner.push_join_groups import push_join_groups
 from gateway.planner.push_scans import push_scans
 from gateway.planner.push_subtrees import push_subtrees
@@ -35,6 +36,7 @@ RULES: tuple[Rule, ...] = (
     push_subtrees,
     push_join_groups,
     push_scans,
+    plan_dynamic_filters,
 )
 
 
@@ -44,4 +46,4 @@ def plan_statement(sql: str, statement: Statement, ctx: PlanContext) -> Plan:
         expression = rule(expression, ctx)
     assert isinstance(expression, exp.Query)
     products = tuple(sorted({p for f in ctx.fragments for p in f.products}))
-    return Plan(sql, expression, ctx.fragments, ctx.output_names, list(ctx.parameter_types), products)
+    return Plan(sql, expression, ctx.fragments, ctx.output_names, list(ctx.parameter_types), products, ctx.dynamic_filters)

@@ -44,8 +44,25 @@ class Fragment:
     connector: Connector | None
     expression: exp.Query | None  # PostgreSQL-dialect AST with physical relations; None = local
     expected: pa.Schema | None  # contract-typed output to conform to; None = take the source's
-    products: tuple[str, ...]  # "domain.name@version" read by this fragment
+    bindings: tuple[Binding, ...]  # the product references it reads
     local_table: pa.Table | None = None
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        """``domain.name@version`` of each product read, for EXPLAIN and audit."""
+        return tuple(
+            sorted({f"{b.descriptor.product_id}@{b.descriptor.version}" for b in self.bindings if b.descriptor is not None})
+        )
+
+
+@dataclass(frozen=True)
+class DynamicFilter:
+    """``probe.probe_column IN (keys of build.build_column)`` may be added to fragment ``probe``."""
+
+    build: str
+    build_column: str
+    probe: str
+    probe_column: str
 
 
 @dataclass
@@ -58,6 +75,7 @@ class Plan:
     output_names: list[str]  # PostgreSQL's column names, duplicates allowed
     parameter_types: list[pa.DataType] = field(default_factory=list)
     products: tuple[str, ...] = ()
+    dynamic_filters: list[DynamicFilter] = field(default_factory=list)
 
     @property
     def passthrough(self) -> Fragment | None:

@@ -18,7 +18,7 @@ from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from gateway.planner.context import PlanContext
-from gateway.planner.fragments import columns_by_table, conjuncts, product_labels, pushable, to_physical
+from gateway.planner.fragments import columns_by_table, conjuncts, pushable, to_physical
 from gateway.planner.plan import Binding, Fragment
 
 
@@ -101,7 +101,7 @@ def _replace_group(select: exp.Select, group: list[exp.Table], used: dict[int, s
             query = query.where(folded, copy=False)
     expected = pa.schema([(f"{a}__{c}", b.contract_schema()[c]) for a, c, b in columns]) if columns else None
     physical = to_physical(query, ctx)
-    fragment = ctx.add_fragment(lambda name: Fragment(name, bindings[0].connector, physical, expected, product_labels(bindings)))
+    fragment = ctx.add_fragment(lambda name: Fragment(name, bindings[0].connector, physical, expected, tuple(bindings)))
     group_alias = f"{fragment.name}_join"
     _detach_members(select, group, fragment.name, group_alias)
     for column in list(select.find_all(exp.Column)):

@@ -16,7 +16,7 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from connectors.base import Capabilities
 from gateway.planner.context import PlanContext
-from gateway.planner.fragments import columns_by_table, conjuncts, product_labels, pushable, to_physical
+from gateway.planner.fragments import columns_by_table, conjuncts, pushable, to_physical
 from gateway.planner.plan import Binding, Fragment
 
 
@@ -54,7 +54,7 @@ def _scan_fragment(
     physical = to_physical(query, ctx)
     expected = pa.schema([(c, contract[c]) for c in needed]) if needed else None
     return ctx.add_fragment(
-        lambda name: Fragment(name, binding.connector, physical, expected, product_labels([binding]))
+        lambda name: Fragment(name, binding.connector, physical, expected, (binding,))
     )
 
 
