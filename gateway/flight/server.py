@@ -38,7 +38,7 @@ Things the experiment showed that the table relies on:
   ``ArrowMemoryError`` and ``MemoryError`` all arrive as UNKNOWN, as do ``ArrowCancelled``,
   ``ArrowTypeError``, ``ArrowIndexError``, ``OSError``, ``RuntimeError`` and
   ``FlightServerError``.  UNAVAILABLE is the nearest retryable status ("at capacity, retry
-  shortly"); the message still says what was exhausted.
+  shortly"); the message starts with ``RESOURCE_EXHAUSTED:`` so clients can still tell.
 * ``flight.Flight*Error`` messages arrive as ``"<message>. Detail: <Kind>"``.  Any other
   exception arrives as ``"<message>. Detail: Python exception: <formatted traceback>"``: pyarrow
   appends the traceback and offers no way to suppress it.  The message itself always comes
@@ -124,13 +124,19 @@ _FLIGHT_ERRORS: dict[str, Callable[[str], Exception]] = {
     "INTERNAL": flight.FlightInternalError,
 }
 
+_STAND_INS = {"RESOURCE_EXHAUSTED"}
+"""Statuses sent as a stand-in code: the message then starts with the real status name."""
+
 
 def flight_error(error: Exception) -> Exception:
     """The exception that makes pyarrow send ``error`` with the right gRPC status (module docstring)."""
     if isinstance(error, flight.FlightError):
         return error  # already chosen by a lower layer, e.g. an auth middleware
     if isinstance(error, MeshError):
-        return _FLIGHT_ERRORS.get(error.status, flight.FlightInternalError)(error.message)
+        message = error.message
+        if error.status in _STAND_INS:
+            message = f"{error.status}: {message}"  # the real status, where gRPC's code cannot carry it
+        return _FLIGHT_ERRORS.get(error.status, flight.FlightInternalError)(message)
     logger.error("unexpected error in a Flight SQL call", exc_info=error)
     return flight.FlightInternalError(f"internal error: {type(error).__name__}: {error}")
 
