@@ -497,7 +497,7 @@ class FloorRunner:
                 self._opened.append(conn)
         try:
             if kind in ("parquet", "duckdb"):
-                table = conn.sql(sql).to_arrow_table()
+                table = conn.sql(sql).to_arrow_reader(65_536).read_all()  # as the gateway streams it
             else:
                 conn.execute(sql)
                 table = conn.fetch_arrow_table()
@@ -1035,6 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
     sqlite_path = scale_dir / "orders.sqlite"
     pg_schema = "tpch_" + scale_label(args.scale).replace(".", "_")
 
+    git = git_info()  # the code the gateway runs: sampled before it starts, as others may commit meanwhile
     console.rule("meshgate federated TPC-H")
     console.print(f"scale factor {args.scale:g}, {args.repeat} timed runs per query, queries {args.queries}")
     console.print("split: " + "; ".join(f"[bold]{kind}[/bold] {', '.join(tables)}" for kind, tables in SPLIT.items()))
@@ -1085,7 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "federated_tpch",
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_info(),
+        "git": git,
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "machine": machine_info(),
         "scale_factor": args.scale,
