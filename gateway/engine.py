@@ -202,7 +202,7 @@ class Engine:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-MAX_FILTER_KEYS = 20_000
+MAX_FILTER_KEYS = 100_000
 """Most distinct keys sent to a source in one dynamic filter (an IN list stays cheap to parse)."""
 
 MIN_PROBE_RATIO = 4
@@ -210,13 +210,18 @@ MIN_PROBE_RATIO = 4
 
 
 def choose_dynamic_filters(filters: list[DynamicFilter], estimates: dict[str, int | None]) -> dict[str, list[DynamicFilter]]:
-    """Which candidate filters to use: the build side must be much smaller than the probe side,
-    and no fragment both waits for keys and provides them (no chains of waiting)."""
+    """Which candidate filters to use.
+
+    A probe waits for its build, so a filter is only worth it when it will most likely be used:
+    the build side's sources hold at most ``2 * MAX_FILTER_KEYS`` rows (its own predicates then
+    usually leave fewer keys than the limit) and the probe side's at least ``MIN_PROBE_RATIO``
+    times more. No fragment both waits for keys and provides them (no chains of waiting).
+    """
     chosen: dict[str, list[DynamicFilter]] = {}
     builds: set[str] = set()
     for f in sorted(filters, key=lambda f: estimates.get(f.build) or 0):
         build, probe = estimates.get(f.build), estimates.get(f.probe)
-        if build is None or probe is None or probe < MIN_PROBE_RATIO * max(build, 1):
+        if build is None or probe is None or build > 2 * MAX_FILTER_KEYS or probe < MIN_PROBE_RATIO * max(build, 1):
             continue
         if f.build in chosen or f.probe in builds:
             continue

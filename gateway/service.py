@@ -138,7 +138,7 @@ class GatewayService:
             rows.append((
                 "dynamic filter", "", "",
                 f"{f.probe}.{f.probe_column} IN (keys of {f.build}.{f.build_column}) when {f.probe}'s sources hold "
-                f">= {MIN_PROBE_RATIO}x the rows of {f.build}'s and it returns <= {MAX_FILTER_KEYS} keys",
+                f">= {MIN_PROBE_RATIO}x the rows of {f.build}'s (at most {2 * MAX_FILTER_KEYS}) and it returns <= {MAX_FILTER_KEYS} keys",
             ))
         if bound.passthrough is not None:
             rows.append(("result", "passthrough", "", f"stream of fragment {bound.passthrough.name}"))
