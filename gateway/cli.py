@@ -221,7 +221,7 @@ def _serve(service, host: str, port: int, grace_period: float, banner: str = "")
     server = MeshFlightServer(f"grpc://{host}:{port}", service)
     stderr.print(f"meshgate {__version__} serving Flight SQL on grpc://{host}:{server.port}")
     if banner:
-        stdout.print(banner)
+        stdout.print(banner, soft_wrap=True, highlight=False)  # SQL must stay copy-pasteable
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -276,8 +276,13 @@ Press Ctrl-C to stop."""
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    import warnings
+
     import adbc_driver_flightsql.dbapi as flightsql
     from adbc_driver_manager import Error as AdbcError
+
+    # The gateway is read-only and has no transactions; the DB-API's autocommit warning is noise.
+    warnings.filterwarnings("ignore", message="Cannot disable autocommit")
 
     started = time.perf_counter()
     try:
