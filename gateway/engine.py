@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -89,7 +90,8 @@ class Engine:
         scan = self._open(fragment, control)
         watchdog = _Watchdog(scan, control)
         try:
-            schema = _rename(conform_schema(_source_schema(scan, control), fragment.expected), names)
+            with naming_products(fragment):
+                schema = _rename(conform_schema(_source_schema(scan, control), fragment.expected), names)
         except BaseException:
             watchdog.stop()
             scan.close()
@@ -97,8 +99,9 @@ class Engine:
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
-                for batch in _read(scan, control):
-                    yield from _slices(_rename_batch(conform(batch, fragment.expected), schema))
+                with naming_products(fragment):
+                    for batch in _read(scan, control):
+                        yield from _slices(_rename_batch(conform(batch, fragment.expected), schema))
             finally:
                 watchdog.stop()
                 scan.close()
@@ -116,20 +119,17 @@ class Engine:
         def fetch(fragment: BoundFragment, sql: str | None = None) -> pa.Table:
             if fragment.local_table is not None:
                 return fragment.local_table
-            control.check()
-            assert fragment.connector is not None
-            text = sql or fragment.sql or ""
-            control.sent.append(text)
-            scan = fragment.connector.scan(text)
+            scan = self._open(fragment, control, sql)
             with lock:
                 scans.append(scan)
             watchdog = _Watchdog(scan, control)
             try:
-                schema = conform_schema(_source_schema(scan, control), fragment.expected)
-                batches = []
-                for batch in _read(scan, control):
-                    budget.take(batch.nbytes)
-                    batches.append(conform(batch, fragment.expected))
+                with naming_products(fragment):
+                    schema = conform_schema(_source_schema(scan, control), fragment.expected)
+                    batches = []
+                    for batch in _read(scan, control):
+                        budget.take(batch.nbytes)
+                        batches.append(conform(batch, fragment.expected))
                 return pa.Table.from_batches(batches, schema=schema)
             finally:
                 watchdog.stop()
@@ -160,11 +160,13 @@ class Engine:
             raise
         return {name: future.result() for name, future in futures.items()}
 
-    def _open(self, fragment: BoundFragment, control: QueryControl) -> Scan:
+    def _open(self, fragment: BoundFragment, control: QueryControl, sql: str | None = None) -> Scan:
         control.check()
         assert fragment.connector is not None and fragment.sql is not None
-        control.sent.append(fragment.sql)
-        return fragment.connector.scan(fragment.sql)
+        text = sql or fragment.sql
+        control.sent.append(text)
+        with naming_products(fragment):
+            return fragment.connector.scan(text)
 
     # --- residual -----------------------------------------------------------------------------
 
@@ -272,6 +274,15 @@ class _MemoryBudget:
                     f"query needs more than the gateway's memory limit of {self.limit // (1024 * 1024)} MiB "
                     "(--memory-limit) for its source results; add filters or aggregate closer to the sources"
                 )
+
+
+@contextmanager
+def naming_products(fragment: BoundFragment) -> Iterator[None]:
+    """A source failure names the products the fragment was reading, not only the source."""
+    try:
+        yield
+    except SourceUnavailable as err:
+        raise SourceUnavailable(f"{err.message} (while reading {', '.join(fragment.products)})") from err
 
 
 class _Watchdog:

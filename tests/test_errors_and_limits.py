@@ -107,7 +107,7 @@ def test_source_outage_is_unavailable_and_the_gateway_recovers(live_mesh: LiveMe
     try:
         message = error_of(live_mesh.uri, sql)
         assert "UNAVAILABLE" in message or "Unavailable" in message, message
-        assert "postgres:" in message and "shipping" in message
+        assert "postgres:" in message and "shipping.shipments@1.0.0" in message
         assert_still_serving(live_mesh.uri)  # other sources keep working
     finally:
         pg_control.start()
