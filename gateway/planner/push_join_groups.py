@@ -19,7 +19,7 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from gateway.planner.context import PlanContext
 from gateway.planner.fragments import columns_by_table, conjuncts, pushable, to_physical
-from gateway.planner.plan import Binding, Fragment
+from gateway.planner.plan import Fragment
 
 
 def push_join_groups(expression: exp.Expression, ctx: PlanContext) -> exp.Expression:
@@ -67,23 +67,24 @@ def _groups(scope: Scope, select: exp.Select, ctx: PlanContext) -> list[list[exp
             continue
         caps = ctx.bindings[tables[0].name].connector.capabilities  # type: ignore[union-attr]
         parent = {t.alias_or_name: t.alias_or_name for t in tables}
-
-        def find(alias: str) -> str:
-            while parent[alias] != alias:
-                alias = parent[alias]
-            return alias
-
         for predicate in _all_conjuncts(select):
             aliases = {c.table for c in predicate.find_all(exp.Column)}
             if len(aliases) >= 2 and aliases <= set(parent) and isinstance(predicate, exp.EQ) and pushable(predicate, aliases, caps):
                 first, *rest = sorted(aliases)
                 for other in rest:
-                    parent[find(other)] = find(first)
+                    parent[_root(parent, other)] = _root(parent, first)
         components: dict[str, list[exp.Table]] = {}
         for table in tables:
-            components.setdefault(find(table.alias_or_name), []).append(table)
+            components.setdefault(_root(parent, table.alias_or_name), []).append(table)
         groups += [members for members in components.values() if len(members) >= 2]
     return groups
+
+
+def _root(parent: dict[str, str], alias: str) -> str:
+    """Union-find: the representative of ``alias``'s connected set of tables."""
+    while parent[alias] != alias:
+        alias = parent[alias]
+    return alias
 
 
 def _replace_group(select: exp.Select, group: list[exp.Table], used: dict[int, set[str]], ctx: PlanContext) -> None:
