@@ -84,6 +84,25 @@ def test_anything_but_a_read_is_rejected(live_mesh: LiveMesh, sql: str) -> None:
     assert "not allowed" in message or "one statement at a time" in message
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM payments.payments p, read_csv('/etc/passwd')",
+        "SELECT * FROM read_parquet('/tmp/*.parquet')",
+        "SELECT pg_read_file('/etc/passwd') FROM shipping.carriers",
+        "SELECT * FROM payments.payments WHERE method = (SELECT read_text('/etc/hostname'))",
+        "SELECT * FROM dblink('host=127.0.0.1', 'SELECT 1') AS t(a int)",
+        "SELECT load_extension('x') FROM customers.segments",
+        "SELECT current_setting('data_directory') FROM shipping.carriers",
+        "SELECT * FROM sqlite_master",
+    ],
+)
+def test_functions_that_reach_outside_the_mesh_are_rejected(live_mesh: LiveMesh, sql: str) -> None:
+    message = error_of(live_mesh.uri, sql)
+    assert "not allowed" in message or "NOT_FOUND" in message or "NotFound" in message, message
+    assert "root:" not in message
+
+
 def test_unknown_product_is_not_found_with_suggestions(live_mesh: LiveMesh) -> None:
     message = error_of(live_mesh.uri, "SELECT * FROM orders.order")
     assert "NOT_FOUND" in message or "NotFound" in message, message

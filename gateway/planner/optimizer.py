@@ -21,12 +21,14 @@ from gateway.planner.push_join_groups import push_join_groups
 from gateway.planner.push_scans import push_scans
 from gateway.planner.push_subtrees import push_subtrees
 from gateway.planner.qualify_columns import qualify_columns
+from gateway.planner.reject_unsafe_functions import reject_unsafe_functions
 from gateway.planner.resolve_products import resolve_products
 from gateway.planner.type_parameters import type_parameters
 
 Rule = Callable[[exp.Expression, PlanContext], exp.Expression]
 
 RULES: tuple[Rule, ...] = (
+    reject_unsafe_functions,
     resolve_products,
     number_parameters,
     name_outputs,

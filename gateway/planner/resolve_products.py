@@ -18,8 +18,6 @@ from gateway.names import CATALOG
 def resolve_products(expression: exp.Expression, ctx: PlanContext) -> exp.Expression:
     cte_names = {cte.alias_or_name for cte in expression.find_all(exp.CTE)}
     for table in list(expression.find_all(exp.Table)):
-        if not table.name:
-            continue  # table functions and the like are rejected later by the engine
         if not table.db and table.name in cte_names:
             continue
         binding = _bind(table, ctx)
