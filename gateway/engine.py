@@ -24,7 +24,7 @@ from sqlglot import exp
 from connectors.base import Scan
 from gateway.errors import InvalidQuery, MeshError, QueryCancelled, QueryTimeout, ResourceExhausted, SourceUnavailable
 from gateway.planner.bind import BoundFragment, BoundPlan
-from gateway.planner.plan import DynamicFilter
+from gateway.planner.plan import RAW_TABLE, DynamicFilter
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 """Largest record batch sent to a client: well under ADBC's 16 MiB receive limit."""
@@ -130,7 +130,8 @@ class Engine:
                     for batch in _read(scan, control):
                         budget.take(batch.nbytes)
                         batches.append(conform(batch, fragment.expected))
-                return pa.Table.from_batches(batches, schema=schema)
+                table = pa.Table.from_batches(batches, schema=schema)
+                return self._post_process(table, fragment.post_sql) if fragment.post_sql else table
             finally:
                 watchdog.stop()
                 scan.close()
@@ -167,6 +168,20 @@ class Engine:
         control.sent.append(text)
         with naming_products(fragment):
             return fragment.connector.scan(text)
+
+    def _post_process(self, raw: pa.Table, post_sql: str) -> pa.Table:
+        """Apply a fragment's governance (masks, row filters) in the engine, before the query
+        sees any of its rows."""
+        ctx = self._context()
+        ctx.from_arrow(raw, name=RAW_TABLE)
+        try:
+            return ctx.sql(post_sql).to_arrow_table()
+        except Exception as err:  # noqa: BLE001 - DataFusion raises plain exceptions
+            raise _engine_error(err) from err
+
+    def post_schema(self, raw: pa.Schema, post_sql: str) -> pa.Schema:
+        """The schema a fragment has after its post-processing, without running it."""
+        return self._post_process(raw.empty_table(), post_sql).schema
 
     # --- residual -----------------------------------------------------------------------------
 

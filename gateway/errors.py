@@ -75,3 +75,9 @@ class ShuttingDown(MeshError):
     """The gateway is draining after SIGTERM and takes no new queries; retry on another replica."""
 
     status = "UNAVAILABLE"
+
+
+class PermissionDenied(MeshError):
+    """Governance refused the request; the message names the product and the policy."""
+
+    status = "PERMISSION_DENIED"

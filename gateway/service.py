@@ -24,11 +24,13 @@ from gateway.engine import MAX_FILTER_KEYS, MIN_PROBE_RATIO, Engine, QueryContro
 from gateway.errors import MeshError, ResourceExhausted, ShuttingDown
 from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.planner import Plan, PlanContext, bind, parse_statement, plan_statement
+from gateway.planner.bind import BoundFragment
 from gateway.planner.plan import Fragment
 from gateway.registry import Catalog, Registry
 from gateway.sources import SourceManager
 from gateway.system_tables import listed_relations, system_table
 from policies import Principal
+from policies.decision import Decision
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,9 @@ EXPLAIN_SCHEMA = pa.schema([("step", pa.string()), ("source", pa.string()), ("pr
 
 
 class GatewayService:
-    def __init__(self, registry: Registry, settings: Settings = Settings()) -> None:
+    def __init__(self, registry: Registry, settings: Settings = Settings(), policy: Policy | None = None) -> None:
         self.registry = registry
+        self.policy: Policy = policy or _allow_all
         self.settings = settings
         self.sources = SourceManager()
         self.engine = Engine(settings.memory_limit)
@@ -92,7 +95,7 @@ class GatewayService:
 
     def prepare(self, sql: str, principal: Principal) -> PreparedQuery:
         """Parse and plan ``sql``; raises ``gateway.errors.MeshError`` subclasses."""
-        planned = self._planned(sql)
+        planned = self._planned(sql, principal)
         parameters = pa.schema([pa.field(f"${i + 1}", t) for i, t in enumerate(planned.plan.parameter_types)])
         handle = hashlib.sha256(sql.encode()).hexdigest()[:32]
         return PreparedQuery(handle, sql, planned.schema, parameters)
@@ -106,7 +109,7 @@ class GatewayService:
     ) -> pa.RecordBatchReader:
         """Run a statement and stream its result (batches of at most a few MiB)."""
         sql = query.sql if isinstance(query, PreparedQuery) else query
-        planned = self._planned(sql)
+        planned = self._planned(sql, principal)
         if planned.kind == "explain":
             return self._explain(planned.plan, parameters).to_reader()
         control = QueryControl(
@@ -124,8 +127,8 @@ class GatewayService:
             raise
         return pa.RecordBatchReader.from_batches(reader.schema, _releasing(reader, slot))
 
-    def explain(self, sql: str) -> pa.Table:
-        planned = self._planned(sql)
+    def explain(self, sql: str, principal: Principal) -> pa.Table:
+        planned = self._planned(sql, principal)
         return self._explain(planned.plan, None)
 
     def _explain(self, plan: Plan, parameters: Sequence[Any] | None) -> pa.Table:
@@ -147,10 +150,15 @@ class GatewayService:
         columns = list(zip(*rows))
         return pa.table([pa.array(list(c), pa.string()) for c in columns], schema=EXPLAIN_SCHEMA)
 
-    def _planned(self, sql: str) -> _Planned:
-        """The cached plan for ``sql`` at the current registry generation, or a new one."""
+    def _planned(self, sql: str, principal: Principal) -> _Planned:
+        """The cached plan for ``sql`` at the current registry generation, or a new one.
+
+        Plans embed the principal's governance (masks, row-filter values), so the principal's
+        identity, roles and attributes are part of the key.
+        """
         catalog = self.registry.catalog()
-        key = (sql, catalog.generation)
+        key = (sql, catalog.generation, principal.name, tuple(sorted(principal.roles)),
+               tuple(sorted((k, repr(v)) for k, v in principal.attributes.items())))
         with self._plans_lock:
             cached = self._plans.get(key)
         if cached is not None:
@@ -159,7 +167,12 @@ class GatewayService:
         statement = parse_statement(sql)
         if statement.subject is not None:
             catalog.resolve(statement.subject.db, statement.subject.name)
-        ctx = PlanContext(catalog, self.sources.connector_for, lambda name: system_table(catalog, name))
+        ctx = PlanContext(
+            catalog,
+            self.sources.connector_for,
+            lambda name: system_table(catalog, name),
+            lambda descriptor: self.policy(principal, descriptor),
+        )
         plan = plan_statement(sql, statement, ctx)
         schema = EXPLAIN_SCHEMA if statement.kind == "explain" else self._result_schema(plan)
         estimates = self._estimates(plan) if plan.dynamic_filters and statement.kind != "explain" else {}
@@ -192,8 +205,13 @@ class GatewayService:
         schemas = {f.name: self._fragment_schema(f, b) for f, b in zip(plan.fragments, bound.fragments)}
         return self.engine.result_schema(bound, schemas)
 
-    def _fragment_schema(self, fragment: Fragment, bound: Any) -> pa.Schema:
-        """A fragment's output schema: known from the contract for scans, else asked of the source."""
+    def _fragment_schema(self, fragment: Fragment, bound: BoundFragment) -> pa.Schema:
+        """A fragment's output schema, after the engine's post-processing where it has any."""
+        schema = self._source_schema(fragment)
+        return self.engine.post_schema(schema, bound.post_sql) if bound.post_sql else schema
+
+    def _source_schema(self, fragment: Fragment) -> pa.Schema:
+        """What the source returns: known from the contract for scans, else asked of the source."""
         if fragment.local_table is not None:
             return fragment.local_table.schema
         assert fragment.connector is not None and fragment.expression is not None
@@ -269,6 +287,14 @@ class GatewayService:
     def close(self) -> None:
         self.engine.close()
         self.sources.close()
+
+
+Policy = Callable[[Principal, Descriptor], Decision]
+"""Governance: what a principal may do with a product (``policies.engine.PolicyEngine.decide``)."""
+
+
+def _allow_all(principal: Principal, descriptor: Descriptor) -> Decision:
+    return Decision(True, ("no policy engine configured",))
 
 
 class _Slot:

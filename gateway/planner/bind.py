@@ -27,6 +27,7 @@ class BoundFragment:
     expected: pa.Schema | None
     products: tuple[str, ...]
     local_table: pa.Table | None = None
+    post_sql: str | None = None  # DataFusion SQL over the fetched rows (table "__raw"), if any
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ def bind(plan: Plan, values: Sequence[Any] | None) -> BoundPlan:
         sql = None
         if fragment.expression is not None and fragment.connector is not None:
             sql = fragment.connector.render(_substitute(fragment.expression, literals))
+        post = _substitute(fragment.post, literals).sql(dialect="postgres", identify=True) if fragment.post else None
         fragments.append(
-            BoundFragment(fragment.name, fragment.connector, sql, fragment.expected, fragment.products, fragment.local_table)
+            BoundFragment(fragment.name, fragment.connector, sql, fragment.expected, fragment.products, fragment.local_table, post)
         )
     residual = _substitute(plan.residual, literals).sql(dialect="postgres", identify=True)
     passthrough = fragments[0] if plan.passthrough is not None else None

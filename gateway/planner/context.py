@@ -11,6 +11,7 @@ from connectors.base import Connector
 from gateway.descriptor import Descriptor
 from gateway.planner.plan import Binding, DynamicFilter, Fragment
 from gateway.registry import Catalog
+from policies.decision import Decision
 
 
 @dataclass
@@ -20,11 +21,13 @@ class PlanContext:
     catalog: Catalog
     connector_for: Callable[[Descriptor], Connector]
     system_table: Callable[[str], pa.Table | None]  # information_schema.<name> -> rows, or None
+    decide: Callable[[Descriptor], Decision]  # governance for the querying principal
     bindings: dict[str, Binding] = field(default_factory=dict)
     fragments: list[Fragment] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
     parameter_types: list[pa.DataType] = field(default_factory=list)
     dynamic_filters: list[DynamicFilter] = field(default_factory=list)
+    decisions: dict[str, Decision] = field(default_factory=dict)  # product id -> what was decided
 
     def add_fragment(self, fragment_factory: Callable[[str], Fragment]) -> Fragment:
         """Create the next fragment with a fresh name (f0, f1, ...)."""

@@ -1,8 +1,8 @@
 """The planner: a pipeline of small AST-to-AST rules, in the shape of sqlglot's optimizer.
 
 Each rule is one module exporting one function ``rule(expression, ctx) -> expression``; the
-order below is the whole algorithm.  Policy rules (authorize, apply masks and row filters) slot
-in after ``resolve_products`` so that every later rule sees the governed query.
+order below is the whole algorithm.  Governance (``apply_policies``) runs right after products
+are resolved, so every later rule sees the governed query and nothing can push around it.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from typing import Callable
 
 from sqlglot import exp
 
+from gateway.planner.apply_policies import apply_policies
 from gateway.planner.context import PlanContext
 from gateway.planner.name_outputs import deduplicate_outputs, name_outputs
 from gateway.planner.number_parameters import number_parameters
 from gateway.planner.parse_statement import Statement
 from gateway.planner.plan import Plan
 from gateway.planner.plan_dynamic_filters import plan_dynamic_filters
+from gateway.planner.protect_aggregates import protect_aggregates
 from gateway.planner.push_join_groups import push_join_groups
 from gateway.planner.push_scans import push_scans
 from gateway.planner.push_subtrees import push_subtrees
@@ -30,10 +32,12 @@ Rule = Callable[[exp.Expression, PlanContext], exp.Expression]
 RULES: tuple[Rule, ...] = (
     reject_unsafe_functions,
     resolve_products,
+    apply_policies,
     number_parameters,
     name_outputs,
     qualify_columns,
     deduplicate_outputs,
+    protect_aggregates,
     type_parameters,
     push_subtrees,
     push_join_groups,

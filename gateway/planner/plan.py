@@ -36,6 +36,10 @@ class Binding:
         return {f.name: f.type for f in self.local_table.schema}
 
 
+RAW_TABLE = "__raw"
+"""What a fragment's ``post`` query calls the rows fetched from the source."""
+
+
 @dataclass
 class Fragment:
     """One piece of work for one source, with the product columns it returns."""
@@ -46,6 +50,7 @@ class Fragment:
     expected: pa.Schema | None  # contract-typed output to conform to; None = take the source's
     bindings: tuple[Binding, ...]  # the product references it reads
     local_table: pa.Table | None = None
+    post: exp.Select | None = None  # engine-side governance over the fetched rows (table RAW_TABLE)
 
     @property
     def products(self) -> tuple[str, ...]:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import pyarrow as pa
 from sqlglot import exp
 
+from gateway.planner.apply_policies import BARRIER
 from gateway.planner.context import PlanContext
-from gateway.planner.fragments import add_source_fragment, bound_tables
-from gateway.planner.plan import Binding
+from gateway.planner.fragments import add_source_fragment, bound_tables, conjuncts, pushable, to_physical
+from gateway.planner.plan import RAW_TABLE, Binding, Fragment
 
 
 def push_subtrees(expression: exp.Expression, ctx: PlanContext) -> exp.Expression:
     assert isinstance(expression, exp.Query)
+    _push_barriers(expression, ctx)
     bindings = _single_source(expression, ctx)
     if bindings is not None:
         fragment = add_source_fragment(ctx, expression, bindings, _conform(expression, bindings, ctx))
@@ -42,6 +44,44 @@ def push_subtrees(expression: exp.Expression, ctx: PlanContext) -> exp.Expressio
         else:
             node.set("this", exp.select("*").from_(exp.to_table(fragment.name)))
     return expression
+
+
+def _push_barriers(expression: exp.Query, ctx: PlanContext) -> None:
+    """Each governed sub-select becomes a fragment of its own, and nothing else joins it there.
+
+    A full-SQL source masks and filters itself; any other source returns the product's columns
+    (with the row filters it can evaluate exactly) and the engine applies the governed
+    sub-select to them before the query runs.  Later rules then see a plain fragment table,
+    which keeps every sub-tree around it out of the source (it is not a product any more).
+    """
+    for node in list(expression.find_all(exp.Subquery)):
+        select = node.this
+        if not (isinstance(select, exp.Select) and select.meta.get(BARRIER)):
+            continue
+        (table, binding), = bound_tables(select, ctx)
+        assert binding.connector is not None and binding.descriptor is not None
+        if binding.connector.capabilities.full_sql:
+            fragment = add_source_fragment(ctx, select, [binding], _conform(select, [binding], ctx))
+        else:
+            fragment = _raw_fragment_with_post(select, table, binding, ctx)
+        node.replace(exp.Table(this=exp.to_identifier(fragment.name), alias=node.args["alias"].copy()))
+
+
+def _raw_fragment_with_post(select: exp.Select, table: exp.Table, binding: Binding, ctx: PlanContext) -> Fragment:
+    """The product's columns from the source (filters it can evaluate exactly pushed), with the
+    governed sub-select as post-processing the engine runs over them."""
+    caps = binding.connector.capabilities  # type: ignore[union-attr]
+    alias = table.alias_or_name
+    raw = exp.select(*(exp.column(name, table=alias, quoted=True) for name in binding.contract_schema())).from_(table.copy())
+    where = select.args.get("where")
+    for predicate in conjuncts(where.this if where else None):
+        if (folded := pushable(predicate, {alias}, caps)) is not None:
+            raw = raw.where(folded, copy=False)
+    post = select.copy()
+    post.find(exp.Table).replace(exp.Table(this=exp.to_identifier(RAW_TABLE), alias=table.args["alias"].copy()))
+    expected = pa.schema(list(binding.contract_schema().items()))
+    physical = to_physical(raw, ctx)
+    return ctx.add_fragment(lambda name: Fragment(name, binding.connector, physical, expected, (binding,), post=post))
 
 
 def _single_source(query: exp.Query, ctx: PlanContext) -> list[Binding] | None:
