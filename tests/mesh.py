@@ -25,7 +25,7 @@ from gateway.descriptor import Descriptor
 from gateway.engine import conform
 from gateway.flight.server import MeshFlightServer
 from gateway.registry import Registry
-from gateway.service import GatewayService, Settings
+from gateway.service import GatewayService, Policy, Settings
 
 
 def create_database(admin_uri: str, name: str) -> str:
@@ -52,8 +52,10 @@ class LiveMesh:
         self.service.close()
 
 
-def start_gateway(registry: Registry, settings: Settings = Settings()) -> tuple[GatewayService, MeshFlightServer, str]:
-    service = GatewayService(registry, settings)
+def start_gateway(
+    registry: Registry, settings: Settings = Settings(), policy: Policy | None = None
+) -> tuple[GatewayService, MeshFlightServer, str]:
+    service = GatewayService(registry, settings, policy)
     server = MeshFlightServer("grpc://127.0.0.1:0", service)
     return service, server, f"grpc://127.0.0.1:{server.port}"
 

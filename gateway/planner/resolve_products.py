@@ -18,7 +18,7 @@ from gateway.names import CATALOG
 def resolve_products(expression: exp.Expression, ctx: PlanContext) -> exp.Expression:
     cte_names = {cte.alias_or_name for cte in expression.find_all(exp.CTE)}
     for table in list(expression.find_all(exp.Table)):
-        if not table.db and table.name in cte_names:
+        if not table.db and _folded(table.this) in {n.lower() for n in cte_names}:
             continue
         binding = _bind(table, ctx)
         ctx.bindings[binding.internal_name] = binding
@@ -35,10 +35,15 @@ def _bind(table: exp.Table, ctx: PlanContext) -> Binding:
         matches = [d.product_id for d in ctx.catalog.products() if d.name == table.name]
         hint = f"; did you mean {', '.join(matches)}?" if matches else ""
         raise NotFound(f"unknown relation '{table.name}': data products are named domain.product{hint}")
-    if table.db.lower() == "information_schema":
+    if _folded(table.args["db"]) == "information_schema":
         rows = ctx.system_table(table.name.lower())
         if rows is None:
             raise NotFound(f"unknown system table 'information_schema.{table.name}' (have: schemata, tables, columns)")
         return Binding(name, None, None, local_table=rows)
-    descriptor = ctx.catalog.resolve(table.db, table.name)
+    descriptor = ctx.catalog.resolve(_folded(table.args["db"]), _folded(table.this))
     return Binding(name, descriptor, ctx.connector_for(descriptor))
+
+
+def _folded(identifier: exp.Identifier) -> str:
+    """PostgreSQL folds unquoted names to lower case; quoted ones are taken as written."""
+    return identifier.name if identifier.quoted else identifier.name.lower()
