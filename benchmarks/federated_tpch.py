@@ -1,27 +1,35 @@
 #!/usr/bin/env python3
 """Federated TPC-H: meshgate against its floor and against DuckDB over the same data in one place.
 
-The eight TPC-H tables are split over three kinds of source, as a data mesh would have them:
+The eight TPC-H tables are split over three kinds of source, as a data mesh would have them.
+``--split`` picks one of two splits:
 
-    PostgreSQL  customer, nation, region          (ADBC ingest, primary keys and key indexes)
-    SQLite      orders                            (one file; ISO TEXT dates, REAL decimals)
-    Parquet     lineitem, part, partsupp, supplier (the files tpchgen-cli writes)
+    sqlite-orders (default)
+        PostgreSQL  customer, nation, region          (ADBC ingest, primary keys and key indexes)
+        SQLite      orders                            (one file; ISO TEXT dates, REAL decimals)
+        Parquet     lineitem, part, partsupp, supplier (the files tpchgen-cli writes)
+    colocated (a data owner keeps orders with their lines)
+        PostgreSQL  customer, nation, region
+        SQLite      supplier
+        Parquet     orders, lineitem, part, partsupp
 
 Each table becomes a data product ``tpch.<table>``; a real ``meshgate serve`` runs as a
 subprocess, and every query is timed three ways (median of ``--repeat`` runs after a warm-up):
 
     gateway   the query through the ADBC Flight SQL driver (what a client sees)
     floor     what the gateway cannot avoid doing: the fragments of its own plan (from EXPLAIN)
-              run directly on their sources with their own clients, concurrently, then the same
-              residual query in DataFusion in this process. gateway/floor is the gateway's
+              run directly on their sources with their own clients, concurrently, with the
+              dynamic filters the gateway's engine would apply (same rule, same SQL), then the
+              same residual query in DataFusion in this process. gateway/floor is the gateway's
               overhead: planning, Flight SQL, the extra hop and any inefficiency in between.
     duckdb    DuckDB in-process over all eight tables as Parquet: what a single engine with all
               the data in one place achieves. gateway/duckdb is the price of federation.
 
 Answers are checked (gateway against DuckDB, and the floor too), a small-query round trip is
-measured, and the results go to ``benchmarks/results/federated_tpch.{json,png}``.
+measured, and the results go to ``benchmarks/results/federated_tpch_<split>.{json,png}``.
 
-    python benchmarks/federated_tpch.py --scale 1            # starts a throw-away PostgreSQL
+    python benchmarks/federated_tpch.py --scale 1                      # starts a throw-away PostgreSQL
+    python benchmarks/federated_tpch.py --scale 1 --split colocated
     python benchmarks/federated_tpch.py --pg-uri postgresql://user@host:5432/db --scale 0.1
 """
 
@@ -35,6 +43,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -48,10 +57,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
@@ -105,19 +116,37 @@ PRIMARY_KEYS = {
     "lineitem": ["l_orderkey", "l_linenumber"], "part": ["p_partkey"], "partsupp": ["ps_partkey", "ps_suppkey"],
     "supplier": ["s_suppkey"],
 }
-SPLIT: dict[str, list[str]] = {
-    "postgres": ["customer", "nation", "region"],
-    "sqlite": ["orders"],
-    "parquet": ["lineitem", "part", "partsupp", "supplier"],
+SPLITS: dict[str, dict[str, list[str]]] = {
+    # orders in an application database, apart from its lines
+    "sqlite-orders": {
+        "postgres": ["customer", "nation", "region"],
+        "sqlite": ["orders"],
+        "parquet": ["lineitem", "part", "partsupp", "supplier"],
+    },
+    # a data owner keeps orders with their lines; suppliers live in an application database
+    "colocated": {
+        "postgres": ["customer", "nation", "region"],
+        "sqlite": ["supplier"],
+        "parquet": ["orders", "lineitem", "part", "partsupp"],
+    },
 }
-SOURCE_OF = {table: kind for kind, tables in SPLIT.items() for table in tables}
+DEFAULT_SPLIT = "sqlite-orders"
 PG_INDEXES = {"customer": ["c_nationkey"], "nation": ["n_regionkey"]}
-SQLITE_INDEXES = ["o_orderkey", "o_custkey", "o_orderdate"]
-SPLIT_NOTES = {
-    "postgres": "ADBC ingest into numeric(15,2)/date/bigint columns; primary keys, indexes on c_nationkey, n_regionkey",
-    "sqlite": "one file; dates as ISO TEXT, decimals as REAL; indexes on o_orderkey, o_custkey, o_orderdate",
-    "parquet": "the files tpchgen-cli writes (snappy), one per table, read by DuckDB",
-}
+SQLITE_INDEXES = {"orders": ["o_orderkey", "o_custkey", "o_orderdate"], "supplier": ["s_suppkey", "s_nationkey"]}
+SQLITE_UNIQUE = {"o_orderkey", "s_suppkey"}
+
+
+def split_notes(split: dict[str, list[str]]) -> dict[str, str]:
+    indexes = ", ".join(c for t in split["sqlite"] for c in SQLITE_INDEXES.get(t, []))
+    return {
+        "postgres": "ADBC ingest into numeric(15,2)/date/bigint columns; primary keys, indexes on c_nationkey, n_regionkey",
+        "sqlite": f"one file; dates as ISO TEXT, decimals as REAL; indexes on {indexes}",
+        "parquet": "the files tpchgen-cli writes (snappy), one per table, read by DuckDB",
+    }
+
+
+def source_of(split: dict[str, list[str]]) -> dict[str, str]:
+    return {table: kind for kind, tables in split.items() for table in tables}
 
 
 def arrow_type(contract: str) -> pa.DataType:
@@ -174,70 +203,78 @@ def contract_table(parquet_dir: Path, table: str) -> pa.Table:
     return data.select(schema.names).cast(schema)
 
 
-def build_sqlite(path: Path, parquet_dir: Path) -> None:
-    """``orders`` in one SQLite file, the way an application database would keep it."""
+def sqlite_file(scale_dir: Path, tables: list[str]) -> Path:
+    """The SQLite file holding ``tables`` (``orders.sqlite``, ``supplier.sqlite``), per scale factor."""
+    return scale_dir / f"{'_'.join(tables)}.sqlite"
+
+
+def build_sqlite(path: Path, parquet_dir: Path, tables: list[str]) -> None:
+    """``tables`` in one SQLite file, the way an application database would keep them."""
     if path.exists():
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
-            try:
-                count = con.execute("SELECT count(*) FROM orders").fetchone()[0]
-            except sqlite3.Error:
-                count = -1
-        if count == parquet_rows(parquet_dir, "orders"):
-            console.print(f"reusing SQLite orders in {path}")
+            counts = {}
+            for table in tables:
+                try:
+                    counts[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                except sqlite3.Error:
+                    counts[table] = -1
+        if all(counts[t] == parquet_rows(parquet_dir, t) for t in tables):
+            console.print(f"reusing SQLite {', '.join(tables)} in {path}")
             return
-    console.print(f"loading orders into SQLite {path} ...")
+    console.print(f"loading {', '.join(tables)} into SQLite {path} ...")
     started = time.perf_counter()
     partial = path.with_suffix(".partial")
     partial.unlink(missing_ok=True)
     sqlite_types = {"int64": "INTEGER", "int32": "INTEGER", "string": "TEXT", "date": "TEXT", MONEY: "REAL"}
-    columns = CONTRACTS["orders"]
     with contextlib.closing(sqlite3.connect(partial)) as con:
         con.execute("PRAGMA journal_mode=OFF")
         con.execute("PRAGMA synchronous=OFF")
-        ddl = ", ".join(f"{c} {sqlite_types[t]} NOT NULL" for c, t in columns)
-        con.execute(f"CREATE TABLE orders ({ddl})")
-        insert = f"INSERT INTO orders VALUES ({', '.join('?' for _ in columns)})"
-        for batch in pq.ParquetFile(parquet_dir / "orders.parquet").iter_batches(batch_size=100_000):
-            arrays = []
-            for name, kind in columns:
-                array = batch.column(name)
-                if kind == "date":
-                    array = array.cast(pa.string())  # ISO yyyy-mm-dd
-                elif kind == MONEY:
-                    array = array.cast(pa.float64())
-                elif kind == "string":
-                    array = array.cast(pa.string())
-                arrays.append(array.to_pylist())
-            con.executemany(insert, zip(*arrays))
-        for column in SQLITE_INDEXES:
-            unique = "UNIQUE " if column == "o_orderkey" else ""
-            con.execute(f"CREATE {unique}INDEX orders_{column} ON orders ({column})")
+        for table in tables:
+            columns = CONTRACTS[table]
+            ddl = ", ".join(f"{c} {sqlite_types[t]} NOT NULL" for c, t in columns)
+            con.execute(f"CREATE TABLE {table} ({ddl})")
+            insert = f"INSERT INTO {table} VALUES ({', '.join('?' for _ in columns)})"
+            for batch in pq.ParquetFile(parquet_dir / f"{table}.parquet").iter_batches(batch_size=100_000):
+                arrays = []
+                for name, kind in columns:
+                    array = batch.column(name)
+                    if kind == "date":
+                        array = array.cast(pa.string())  # ISO yyyy-mm-dd
+                    elif kind == MONEY:
+                        array = array.cast(pa.float64())
+                    elif kind == "string":
+                        array = array.cast(pa.string())
+                    arrays.append(array.to_pylist())
+                con.executemany(insert, zip(*arrays))
+            for column in SQLITE_INDEXES.get(table, []):
+                unique = "UNIQUE " if column in SQLITE_UNIQUE else ""
+                con.execute(f"CREATE {unique}INDEX {table}_{column} ON {table} ({column})")
         con.execute("ANALYZE")
         con.commit()
     partial.replace(path)
     console.print(f"  done in {time.perf_counter() - started:.1f} s")
 
 
-def load_postgres(uri: str, schema: str, parquet_dir: Path) -> None:
-    """customer, nation, region into ``schema`` (reused when the row counts already match)."""
+def load_postgres(uri: str, schema: str, parquet_dir: Path, tables: list[str]) -> None:
+    """``tables`` (customer, nation, region) into ``schema`` (reused when the row counts already match)."""
     import adbc_driver_postgresql.dbapi as pg
 
     with pg.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
         current = {}
-        for table in SPLIT["postgres"]:
+        for table in tables:
             try:
                 cur.execute(f"SELECT count(*) FROM {schema}.{table}")
                 current[table] = cur.fetchone()[0]
             except pg.Error:
                 current[table] = -1
-        if all(current[t] == parquet_rows(parquet_dir, t) for t in SPLIT["postgres"]):
+        if all(current[t] == parquet_rows(parquet_dir, t) for t in tables):
             console.print(f"reusing PostgreSQL tables in schema {schema}")
             return
-        console.print(f"loading {', '.join(SPLIT['postgres'])} into PostgreSQL schema {schema} ...")
+        console.print(f"loading {', '.join(tables)} into PostgreSQL schema {schema} ...")
         started = time.perf_counter()
         cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         cur.execute(f"CREATE SCHEMA {schema}")
-        for table in SPLIT["postgres"]:
+        for table in tables:
             ddl = ", ".join(f"{c} {pg_type(t)} NOT NULL" for c, t in CONTRACTS[table])
             cur.execute(f"CREATE TABLE {schema}.{table} ({ddl})")
             cur.adbc_ingest(table, contract_table(parquet_dir, table), mode="append", db_schema_name=schema)
@@ -261,7 +298,9 @@ def descriptor_pg_uri(uri: str) -> tuple[str, dict[str, str]]:
     return parts._replace(netloc=f"{user}:${{{PG_PASSWORD_VARIABLE}}}@{host}").geturl(), {PG_PASSWORD_VARIABLE: parts.password}
 
 
-def write_descriptors(products_dir: Path, pg_uri: str, pg_schema: str, sqlite_path: Path, parquet_dir: Path) -> None:
+def write_descriptors(
+    products_dir: Path, split: dict[str, list[str]], pg_uri: str, pg_schema: str, sqlite_path: Path, parquet_dir: Path
+) -> None:
     """One ``data-product.yaml`` per table (domain ``tpch``, product name = table name)."""
     import yaml
 
@@ -269,7 +308,7 @@ def write_descriptors(products_dir: Path, pg_uri: str, pg_schema: str, sqlite_pa
         shutil.rmtree(products_dir)
     products_dir.mkdir(parents=True)
     for table, columns in CONTRACTS.items():
-        kind = SOURCE_OF[table]
+        kind = source_of(split)[table]
         if kind == "postgres":
             source = {"connector": "postgres", "uri": pg_uri, "table": f"{pg_schema}.{table}"}
         elif kind == "sqlite":
@@ -334,14 +373,15 @@ def meshgate_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def gateway_process(data_dir: Path, products_dir: Path, extra_env: dict[str, str]) -> Iterator[str]:
-    """``meshgate serve`` on a free loopback port; yields its URI once it answers a query."""
+def gateway_process(run_dir: Path, products_dir: Path, extra_env: dict[str, str], source_root: Path) -> Iterator[str]:
+    """``meshgate serve`` on a free loopback port; yields its URI once it answers a query.
+    ``run_dir`` (one per split) holds its home, registry and log."""
     import adbc_driver_flightsql.dbapi as flightsql
 
-    home = data_dir / "home"
+    home = run_dir / "home"
     home.mkdir(parents=True, exist_ok=True)
-    registry = data_dir / "registry.db"
-    for stale in data_dir.glob("registry.db*"):  # the benchmark owns its registry: start clean
+    registry = run_dir / "registry.db"
+    for stale in run_dir.glob("registry.db*"):  # the benchmark owns its registry: start clean
         stale.unlink()
     env = {**os.environ, "MESHGATE_HOME": str(home), **extra_env}
     port = free_port()
@@ -351,8 +391,8 @@ def gateway_process(data_dir: Path, products_dir: Path, extra_env: dict[str, str
     ]
     help_text = subprocess.run([*meshgate_command(), "serve", "--help"], capture_output=True, text=True, env=env).stdout
     if "--source-root" in help_text:  # file sources must lie under a declared root
-        command += ["--source-root", str(data_dir)]
-    log_path = data_dir / "gateway.log"
+        command += ["--source-root", str(source_root)]
+    log_path = run_dir / "gateway.log"
     console.print(f"starting the gateway: {' '.join(shlex.quote(c) for c in command)}")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -424,16 +464,33 @@ class FloorPlan:
 
     fragments: list[tuple[str, str, str]]  # (name, source kind, sql)
     residual: str | None  # None: the answer is the one fragment's rows (passthrough)
+    products: dict[str, list[str]] = field(default_factory=dict)  # fragment -> the tables it reads
+    dynamic_filters: list[Any] = field(default_factory=list)  # gateway.planner.plan.DynamicFilter
+
+
+DYNAMIC_FILTER_TEXT = re.compile(r"^(?P<probe>\w+)\.(?P<probe_column>\S+) IN \(keys of (?P<build>\w+)\.(?P<build_column>\S+)\)")
 
 
 def parse_explain(rows: list[dict[str, str]]) -> FloorPlan:
+    from gateway.planner.plan import DynamicFilter
+
     fragments: list[tuple[str, str, str]] = []
+    products: dict[str, list[str]] = {}
+    filters: list[Any] = []
     residual: str | None = None
     passthrough = False
     for row in rows:
         step = row["step"]
         if step.startswith("fragment "):
-            fragments.append((step.split()[1], row["source"].split(":", 1)[0], row["sql"]))
+            name = step.split()[1]
+            fragments.append((name, row["source"].split(":", 1)[0], row["sql"]))
+            # "tpch.customer@1.0.0, tpch.nation@1.0.0" -> ["customer", "nation"]
+            products[name] = [p.strip().split("@")[0].rpartition(".")[2] for p in row["products"].split(",") if p.strip()]
+        elif step == "dynamic filter":
+            match = DYNAMIC_FILTER_TEXT.match(row["sql"])
+            if match is None:
+                raise ValueError(f"cannot read EXPLAIN's dynamic filter: {row['sql']}")
+            filters.append(DynamicFilter(match["build"], match["build_column"], match["probe"], match["probe_column"]))
         elif step == "residual":
             residual = row["sql"]
         elif step in ("result", "passthrough"):
@@ -442,10 +499,25 @@ def parse_explain(rows: list[dict[str, str]]) -> FloorPlan:
         raise ValueError(f"EXPLAIN has neither a residual nor a passthrough step: {rows}")
     if passthrough and len(fragments) != 1:
         raise ValueError(f"a passthrough plan should have one fragment, EXPLAIN shows {len(fragments)}")
-    return FloorPlan(fragments, None if passthrough else residual)
+    return FloorPlan(fragments, None if passthrough else residual, products, filters)
 
 
 DUCKDB_SETTINGS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
+def source_dialect(kind: str) -> str:
+    """The SQL dialect the gateway's connector of this kind speaks (for ``filtered_sql``)."""
+    if kind == "postgres":
+        from connectors.postgres import PostgresConnector
+
+        return PostgresConnector.dialect
+    if kind == "sqlite":
+        from connectors.sqlite import SQLiteConnector
+
+        return SQLiteConnector.dialect
+    from connectors.parquet import ParquetConnector
+
+    return ParquetConnector.dialect
 
 
 class FloorRunner:
@@ -456,18 +528,33 @@ class FloorRunner:
     fragments run concurrently, results are cast to the contract types (as the gateway
     conforms them), and the residual query runs in a fresh DataFusion context configured like
     the gateway's engine.
+
+    Dynamic filters are decided and written by the gateway's own functions
+    (``gateway.engine.choose_dynamic_filters`` and ``filtered_sql``) from the same estimates the
+    gateway uses (each fragment's largest product's row count, counted once per table on its
+    source): a chosen probe fragment waits for its build fragments, then runs restricted to
+    their keys (or as is, when a build returns too many keys).
     """
 
-    def __init__(self, pg_uri: str, sqlite_path: Path, memory_limit: int) -> None:
+    def __init__(
+        self, pg_uri: str, pg_schema: str, sqlite_path: Path, parquet_dir: Path, split: dict[str, list[str]],
+        memory_limit: int,
+    ) -> None:
         import duckdb
 
         self.pg_uri = pg_uri
+        self.pg_schema = pg_schema
         self.sqlite_path = sqlite_path
+        self.parquet_dir = parquet_dir
+        self.source_of = source_of(split)
         self.memory_limit = memory_limit
         self.duckdb = duckdb.connect(":memory:", config=dict(DUCKDB_SETTINGS))
         self._idle: dict[str, list[Any]] = {}
         self._opened: list[Any] = []
         self._lock = threading.Lock()
+        self._row_counts: dict[str, int] = {}
+        self.last_filters: list[dict[str, Any]] = []  # what the last recorded run did with its dynamic filters
+        self.last_rows: dict[str, int] = {}  # rows each fragment returned in that run (after filtering)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="floor")
 
     def _connect(self, kind: str) -> Any:
@@ -506,9 +593,63 @@ class FloorRunner:
                 self._idle[kind].append(conn)
         return conform(table)
 
-    def run(self, plan: FloorPlan) -> pa.Table:
-        futures = {name: self.pool.submit(self.fetch, kind, sql) for name, kind, sql in plan.fragments}
-        tables = {name: future.result() for name, future in futures.items()}
+    def row_count(self, table: str) -> int:
+        """Rows in one table, counted on its source once (the gateway caches its counts too)."""
+        if table not in self._row_counts:
+            kind = self.source_of[table]
+            if kind == "postgres":
+                sql = f"SELECT count(*) AS n FROM {self.pg_schema}.{table}"
+            elif kind == "sqlite":
+                sql = f"SELECT count(*) AS n FROM {table}"
+            else:
+                path = str(self.parquet_dir / f"{table}.parquet").replace("'", "''")
+                sql = f"SELECT count(*) AS n FROM read_parquet('{path}')"
+            self._row_counts[table] = int(self.fetch(kind, sql).column(0)[0].as_py())
+        return self._row_counts[table]
+
+    def estimates(self, plan: FloorPlan) -> dict[str, int | None]:
+        """Rows per fragment as the gateway estimates them: its largest product's row count."""
+        return {
+            name: max(self.row_count(t) for t in plan.products[name]) if plan.products.get(name) else None
+            for name, _, _ in plan.fragments
+        }
+
+    def run(self, plan: FloorPlan, record: bool = False) -> pa.Table:
+        """The plan's answer; ``record`` (the untimed warm-up) notes the dynamic filters' key counts
+        and each fragment's rows in ``last_filters`` / ``last_rows``."""
+        from gateway.engine import MAX_FILTER_KEYS, choose_dynamic_filters, filtered_sql
+
+        probes = choose_dynamic_filters(plan.dynamic_filters, self.estimates(plan)) if plan.dynamic_filters else {}
+        kinds = {name: kind for name, kind, _ in plan.fragments}
+        report: list[dict[str, Any]] = []
+
+        def probe(name: str, sql: str) -> pa.Table:
+            filters = probes[name]
+            builds = {f.build: futures[f.build].result() for f in filters}  # wait for the keys
+            fragment = SimpleNamespace(sql=sql, connector=SimpleNamespace(dialect=source_dialect(kinds[name])))
+            text = filtered_sql(fragment, filters, builds)  # type: ignore[arg-type]
+            if not record:
+                return self.fetch(kinds[name], text or sql)
+            keys = {f.build: len(pc.unique(builds[f.build].column(f.build_column).drop_null())) for f in filters}
+            for f in filters:
+                report.append({
+                    "filter": f"{f.probe}.{f.probe_column} IN (keys of {f.build}.{f.build_column})",
+                    "keys": keys[f.build],
+                    "applied": text is not None and keys[f.build] <= MAX_FILTER_KEYS,
+                })
+            return self.fetch(kinds[name], text or sql)
+
+        futures: dict[str, Any] = {}
+        for name, kind, sql in plan.fragments:  # builds and unfiltered fragments first
+            if name not in probes:
+                futures[name] = self.pool.submit(self.fetch, kind, sql)
+        for name, _, sql in plan.fragments:  # probes never build (no chains), so no waiting cycles
+            if name in probes:
+                futures[name] = self.pool.submit(probe, name, sql)
+        tables = {name: futures[name].result() for name, _, _ in plan.fragments}
+        if record:
+            self.last_filters = report
+            self.last_rows = {name: table.num_rows for name, table in tables.items()}
         if plan.residual is None:
             return next(iter(tables.values()))
         from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
@@ -546,8 +687,6 @@ def conform(table: pa.Table) -> pa.Table:
             changed = True
         if target is not None and column.type != target:
             if pa.types.is_decimal(target) and pa.types.is_floating(column.type):
-                import pyarrow.compute as pc
-
                 column = pc.round(column, target.scale).cast(target, safe=False)
             else:
                 column = column.cast(target)
@@ -621,8 +760,8 @@ def compare(actual: pa.Table, expected: pa.Table, ordered: bool) -> tuple[bool, 
     a_rows, e_rows = _rows(actual), _rows(expected)
 
     def first_difference(a: list[tuple[Any, ...]], e: list[tuple[Any, ...]]) -> str:
-        for i, (ra, re) in enumerate(zip(a, e)):
-            for j, (va, ve) in enumerate(zip(ra, re)):
+        for i, (row_a, row_e) in enumerate(zip(a, e)):
+            for j, (va, ve) in enumerate(zip(row_a, row_e)):
                 if not _equal(va, ve):
                     return f"row {i}, column {expected.column_names[j]}: {va!r} vs {ve!r}"
         return ""
@@ -666,6 +805,7 @@ class QueryResult:
     floor_match_detail: str = ""
     explain: list[dict[str, str]] = field(default_factory=list)
     fragments: list[dict[str, Any]] = field(default_factory=list)
+    dynamic_filters: list[dict[str, Any]] = field(default_factory=list)  # those the floor chose, as it ran them
     errors: dict[str, str] = field(default_factory=dict)
 
     def medians(self) -> dict[str, float | None]:
@@ -698,7 +838,9 @@ def benchmark_query(
     except Exception as err:  # noqa: BLE001
         result.errors["explain"] = _short(err)
     if plan is not None:
-        result.fragments = [{"name": n, "source": k, "sql": s} for n, k, s in plan.fragments]
+        result.fragments = [
+            {"name": n, "source": k, "products": plan.products.get(n, []), "sql": s} for n, k, s in plan.fragments
+        ]
 
     runners: dict[str, Callable[[], pa.Table]] = {
         "gateway": lambda: gateway.run(sql),
@@ -707,7 +849,10 @@ def benchmark_query(
     if plan is not None:
         runners["floor"] = lambda: floor.run(plan)
     answers: dict[str, pa.Table] = {}
-    for label, runner in runners.items():  # warm-up, and the answers we check
+    warmups = dict(runners)
+    if plan is not None:
+        warmups["floor"] = lambda: floor.run(plan, record=True)  # notes the dynamic filters it applied
+    for label, runner in warmups.items():  # warm-up, and the answers we check
         try:
             _, answers[label] = timed(runner)
         except Exception as err:  # noqa: BLE001
@@ -724,9 +869,17 @@ def benchmark_query(
                 result.errors[label] = _short(err)
 
     if plan is not None and "floor" in answers:
+        result.dynamic_filters = floor.last_filters
+        with contextlib.suppress(Exception):
+            estimates = floor.estimates(plan)
+            for fragment in result.fragments:
+                fragment["estimated_rows"] = estimates.get(fragment["name"])
+        filtered = {d["filter"].split(".")[0] for d in floor.last_filters if d["applied"]}
         for fragment, (fname, kind, fsql) in zip(result.fragments, plan.fragments):
-            with contextlib.suppress(Exception):
-                fragment["rows"] = floor.fetch(kind, fsql).num_rows
+            fragment["rows"] = floor.last_rows.get(fname)
+            if fname in filtered:  # rows after the dynamic filter; and without it
+                with contextlib.suppress(Exception):
+                    fragment["rows_unfiltered"] = floor.fetch(kind, fsql).num_rows
     ordered = has_order_by(sql)
     if "duckdb" in answers:
         reference = answers["duckdb"]
@@ -843,8 +996,8 @@ def _ratio(value: float | None, target: float) -> str:
     return f"[{colour}]{value:.2f}[/{colour}]"
 
 
-def print_results(results: list[QueryResult], scale: float, repeat: int) -> None:
-    table = Table(title=f"Federated TPC-H {scale_label(scale)}: median of {repeat} runs after a warm-up (ms)")
+def print_results(results: list[QueryResult], scale: float, repeat: int, split: str) -> None:
+    table = Table(title=f"Federated TPC-H {scale_label(scale)}, split {split}: median of {repeat} runs after a warm-up (ms)")
     for column in ("query", "gateway ms", "floor ms", "duckdb ms", "gateway/floor", "gateway/duckdb", "rows", "match"):
         table.add_column(column, justify="left" if column in ("query", "match") else "right")
     for r in results:
@@ -957,7 +1110,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def write_chart(path: Path, results: list[QueryResult], scale: float) -> None:
+def write_chart(path: Path, results: list[QueryResult], scale: float, split: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -981,7 +1134,7 @@ def write_chart(path: Path, results: list[QueryResult], scale: float) -> None:
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_ylabel("median time (ms, log scale)")
-    ax.set_title(f"Federated TPC-H {scale_label(scale)}: meshgate vs floor vs DuckDB all-in-one")
+    ax.set_title(f"Federated TPC-H {scale_label(scale)} ({split} split): meshgate vs floor vs DuckDB all-in-one")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -1010,11 +1163,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="TPC-H scale factor (default 1)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per query after one warm-up (default 5)")
     parser.add_argument("--queries", default=DEFAULT_QUERIES, help=f"TPC-H query numbers (default {DEFAULT_QUERIES})")
-    parser.add_argument("--data-dir", type=Path, default=BENCH_DIR / "data", help="generated data, descriptors, registry")
+    parser.add_argument("--split", choices=sorted(SPLITS), default=DEFAULT_SPLIT,
+                        help=f"which tables live in which source (default {DEFAULT_SPLIT}; see the module docstring)")
+    parser.add_argument("--data-dir", type=Path, default=BENCH_DIR / "data",
+                        help="generated data (shared by the splits) and, in <data-dir>/<split>/, descriptors and registry")
     parser.add_argument("--small-query-runs", type=int, default=300, help="round trips for the small query (default 300)")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "federated_tpch.json", help="JSON results file")
-    parser.add_argument("--chart", type=Path, default=RESULTS_DIR / "federated_tpch.png", help="PNG chart file")
+    parser.add_argument("--output", type=Path, help="JSON results file (default results/federated_tpch_<split>.json)")
+    parser.add_argument("--chart", type=Path, help="PNG chart file (default results/federated_tpch_<split>.png)")
     args = parser.parse_args(argv)
+    args.output = args.output or RESULTS_DIR / f"federated_tpch_{args.split}.json"
+    args.chart = args.chart or RESULTS_DIR / f"federated_tpch_{args.split}.png"
     if args.small_query_runs < 200:
         parser.error("--small-query-runs must be at least 200")
     return args
@@ -1032,28 +1190,31 @@ def main(argv: list[str] | None = None) -> int:
         ignore.write_text("# generated by benchmarks/federated_tpch.py\n*\n")
     scale_dir = data_dir / scale_label(args.scale)
     parquet_dir = scale_dir / "parquet"
-    sqlite_path = scale_dir / "orders.sqlite"
+    split = SPLITS[args.split]
+    sqlite_path = sqlite_file(scale_dir, split["sqlite"])
+    run_dir = data_dir / args.split  # descriptors, registry, gateway home and log of this split
+    run_dir.mkdir(parents=True, exist_ok=True)
     pg_schema = "tpch_" + scale_label(args.scale).replace(".", "_")
 
     git = git_info()  # the code the gateway runs: sampled before it starts, as others may commit meanwhile
     console.rule("meshgate federated TPC-H")
     console.print(f"scale factor {args.scale:g}, {args.repeat} timed runs per query, queries {args.queries}")
-    console.print("split: " + "; ".join(f"[bold]{kind}[/bold] {', '.join(tables)}" for kind, tables in SPLIT.items()))
+    console.print(f"split {args.split}: " + "; ".join(f"[bold]{kind}[/bold] {', '.join(tables)}" for kind, tables in split.items()))
     generate_parquet(parquet_dir, args.scale)
-    build_sqlite(sqlite_path, parquet_dir)
+    build_sqlite(sqlite_path, parquet_dir, split["sqlite"])
 
     with contextlib.ExitStack() as stack:
         pg_uri = args.pg_uri or stack.enter_context(throwaway_postgres())
-        load_postgres(pg_uri, pg_schema, parquet_dir)
+        load_postgres(pg_uri, pg_schema, parquet_dir, split["postgres"])
         descriptor_uri, pg_env = descriptor_pg_uri(pg_uri)
-        products_dir = data_dir / "products"
-        write_descriptors(products_dir, descriptor_uri, pg_schema, sqlite_path, parquet_dir)
-        uri = stack.enter_context(gateway_process(data_dir, products_dir, pg_env))
+        products_dir = run_dir / "products"
+        write_descriptors(products_dir, split, descriptor_uri, pg_schema, sqlite_path, parquet_dir)
+        uri = stack.enter_context(gateway_process(run_dir, products_dir, pg_env, data_dir))
 
         gateway = GatewayRunner(uri)
         stack.callback(gateway.close)
         memory_limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-        floor = FloorRunner(pg_uri, sqlite_path, memory_limit)
+        floor = FloorRunner(pg_uri, pg_schema, sqlite_path, parquet_dir, split, memory_limit)
         stack.callback(floor.close)
         duck = DuckDBRunner(parquet_dir)
         stack.callback(duck.close)
@@ -1067,6 +1228,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  gateway {_ms(m['gateway'])} ms, floor {_ms(m['floor'])} ms, duckdb {_ms(m['duckdb'])} ms"
                 + (f"  [red]errors: {', '.join(result.errors)}[/red]" if result.errors else "")
             )
+            for d in result.dynamic_filters:
+                console.print(f"  dynamic filter {d['filter']}: {d['keys']:,} keys, {'applied' if d['applied'] else 'not applied'}")
             results.append(result)
 
         console.print(f"small-query overhead ({args.small_query_runs} round trips each) ...")
@@ -1078,10 +1241,10 @@ def main(argv: list[str] | None = None) -> int:
             small = {"error": _short(err)}
 
     console.print()
-    print_results(results, args.scale, args.repeat)
+    print_results(results, args.scale, args.repeat, args.split)
     summary = target_summary(results)
     print_targets(summary, small if small and "error" not in small else None)
-    console.print("split: " + "; ".join(f"{kind}: {', '.join(tables)}" for kind, tables in SPLIT.items()))
+    console.print(f"split {args.split}: " + "; ".join(f"{kind}: {', '.join(tables)}" for kind, tables in split.items()))
 
     payload = {
         "benchmark": "federated_tpch",
@@ -1091,12 +1254,14 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "scale_factor": args.scale,
         "repeat": args.repeat,
-        "split": {kind: {"tables": tables, "how": SPLIT_NOTES[kind]} for kind, tables in SPLIT.items()},
+        "split_name": args.split,
+        "split": {kind: {"tables": tables, "how": split_notes(split)[kind]} for kind, tables in split.items()},
         "postgres": "throw-away server (scripts/pg-test-server)" if not args.pg_uri else "given by --pg-uri",
         "columns": {
             "gateway_ms": "median through meshgate serve with the ADBC Flight SQL driver (fetch_arrow_table)",
             "floor_ms": "median of the gateway's own EXPLAIN fragments run directly on their sources "
-                        "(concurrently) plus its residual query in DataFusion, in-process",
+                        "(concurrently, with the dynamic filters the gateway's engine would apply) plus its "
+                        "residual query in DataFusion, in-process",
             "duckdb_ms": "median of DuckDB in-process over all eight tables as Parquet",
         },
         "queries": [
@@ -1113,6 +1278,7 @@ def main(argv: list[str] | None = None) -> int:
                 "floor_match": r.floor_match,
                 "floor_match_detail": r.floor_match_detail,
                 "fragments": r.fragments,
+                "floor_dynamic_filters": r.dynamic_filters,
                 "explain": r.explain,
                 "errors": r.errors,
             }
@@ -1122,7 +1288,7 @@ def main(argv: list[str] | None = None) -> int:
         "small_query": small,
     }
     write_json(args.output, payload)
-    write_chart(args.chart, results, args.scale)
+    write_chart(args.chart, results, args.scale, args.split)
     console.print(f"\nwrote {args.output} and {args.chart}")
     return 0 if summary["all_answers_match"] else 1
 
