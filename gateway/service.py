@@ -30,7 +30,7 @@ from gateway.registry import Catalog, Registry
 from gateway.sources import SourceManager
 from gateway.system_tables import listed_relations, system_table
 from policies import Principal
-from policies.decision import Decision
+from policies.engine import PolicyEngine
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,9 @@ EXPLAIN_SCHEMA = pa.schema([("step", pa.string()), ("source", pa.string()), ("pr
 
 
 class GatewayService:
-    def __init__(self, registry: Registry, settings: Settings = Settings(), policy: Policy | None = None) -> None:
+    def __init__(self, registry: Registry, settings: Settings = Settings(), policies: PolicyEngine | None = None) -> None:
         self.registry = registry
-        self.policy: Policy = policy or _allow_all
+        self.policies = policies if policies is not None else PolicyEngine.load()
         self.settings = settings
         self.sources = SourceManager()
         self.engine = Engine(settings.memory_limit)
@@ -157,7 +157,8 @@ class GatewayService:
         identity, roles and attributes are part of the key.
         """
         catalog = self.registry.catalog()
-        key = (sql, catalog.generation, principal.name, tuple(sorted(principal.roles)),
+        self.policies.reload_if_changed(min_interval=1.0)
+        key = (sql, catalog.generation, self.policies.generation, principal.name, tuple(sorted(principal.roles)),
                tuple(sorted((k, repr(v)) for k, v in principal.attributes.items())))
         with self._plans_lock:
             cached = self._plans.get(key)
@@ -171,7 +172,7 @@ class GatewayService:
             catalog,
             self.sources.connector_for,
             lambda name: system_table(catalog, name),
-            lambda descriptor: self.policy(principal, descriptor),
+            lambda descriptor: self.policies.decide(principal, descriptor),
         )
         plan = plan_statement(sql, statement, ctx)
         schema = EXPLAIN_SCHEMA if statement.kind == "explain" else self._result_schema(plan)
@@ -287,14 +288,6 @@ class GatewayService:
     def close(self) -> None:
         self.engine.close()
         self.sources.close()
-
-
-Policy = Callable[[Principal, Descriptor], Decision]
-"""Governance: what a principal may do with a product (``policies.engine.PolicyEngine.decide``)."""
-
-
-def _allow_all(principal: Principal, descriptor: Descriptor) -> Decision:
-    return Decision(True, ("no policy engine configured",))
 
 
 class _Slot:

@@ -25,7 +25,9 @@ from gateway.descriptor import Descriptor
 from gateway.engine import conform
 from gateway.flight.server import MeshFlightServer
 from gateway.registry import Registry
-from gateway.service import GatewayService, Policy, Settings
+from gateway.service import GatewayService, Settings
+from policies import ANONYMOUS, Principal
+from policies.engine import PolicyEngine
 
 
 def create_database(admin_uri: str, name: str) -> str:
@@ -52,11 +54,19 @@ class LiveMesh:
         self.service.close()
 
 
+OPEN_POLICIES = Path(__file__).parent / "policies" / "open"
+"""Every principal reads every product unmasked: for tests of federation, not of governance."""
+
+
 def start_gateway(
-    registry: Registry, settings: Settings = Settings(), policy: Policy | None = None
+    registry: Registry,
+    settings: Settings = Settings(),
+    policies: Path = OPEN_POLICIES,
+    principal: Principal = ANONYMOUS,
 ) -> tuple[GatewayService, MeshFlightServer, str]:
-    service = GatewayService(registry, settings, policy)
-    server = MeshFlightServer("grpc://127.0.0.1:0", service)
+    """A gateway on a free port; every caller is ``principal`` (authentication is tested apart)."""
+    service = GatewayService(registry, settings, PolicyEngine.load(policies))
+    server = MeshFlightServer("grpc://127.0.0.1:0", service, principal_for=lambda _context: principal)
     return service, server, f"grpc://127.0.0.1:{server.port}"
 
 

@@ -1,7 +1,7 @@
 """Masks and row filters cannot be bypassed by any SQL route (the planner's enforcement).
 
-A gateway over the demo mesh governs ``customers.customers`` for every caller as a principal in
-region DE: ``name`` redacted, ``email`` masked to its domain, ``lifetime_value`` nulled, and only
+A gateway over the demo mesh, with the policy files in ``tests/policies/governed`` and every caller
+being alice (region DE), governs ``customers.customers``: ``name`` redacted, ``email`` masked to its domain, ``lifetime_value`` nulled, and only
 rows with ``country = 'DE'`` visible (the region is a bound value).  The oracle is PostgreSQL
 with a ``security_barrier`` view ``governed.customers`` defined by hand the same way: every
 adversarial query must return exactly what it returns there with the view in place of the
@@ -16,9 +16,9 @@ import adbc_driver_flightsql.dbapi as flightsql
 import psycopg2
 import pytest
 
-from gateway.descriptor import Descriptor
+from pathlib import Path
+
 from policies import Principal
-from policies.decision import ColumnMask, Decision, RowFilter
 from tests.mesh import LiveMesh, oracle_answer, rows_equal, start_gateway
 
 pytestmark = pytest.mark.postgres
@@ -26,30 +26,9 @@ pytestmark = pytest.mark.postgres
 MASKED = ("name", "email", "lifetime_value")
 
 
-def policy(principal: Principal, product: Descriptor) -> Decision:
-    if product.product_id == "customers.customers":
-        return Decision(
-            True,
-            ("test policy: customers are masked and filtered by region",),
-            masks=(
-                ColumnMask("name", "redact", "test/customers"),
-                ColumnMask("email", "email", "test/customers"),
-                ColumnMask("lifetime_value", "null", "test/customers"),
-            ),
-            row_filters=(RowFilter("country = {user.region}", "test/customers", {"user.region": "DE"}),),
-        )
-    if product.product_id == "payments.payments":
-        return Decision(
-            True,
-            ("test policy: payment methods hashed, failed payments hidden",),
-            masks=(ColumnMask("method", "hash", "test/payments"),),
-            row_filters=(RowFilter("succeeded = {user.only_succeeded}", "test/payments", {"user.only_succeeded": True}),),
-        )
-    if product.product_id == "orders.orders":
-        return Decision(True, ("test policy: small groups suppressed",), min_group_size=5)
-    if product.product_id == "shipping.carriers":
-        return Decision(False, ("test/deny-carriers: carriers are confidential",))
-    return Decision(True, ("test policy: open",))
+POLICIES = Path(__file__).parent / "policies" / "governed"
+ALICE = Principal("alice", frozenset({"analyst"}), {"region": "DE", "only_succeeded": True})
+"""Every caller of the governed gateway is alice (authentication is tested apart)."""
 
 
 GOVERNED_VIEW = """
@@ -71,7 +50,7 @@ def governed(live_mesh: LiveMesh) -> Iterator[str]:
     with conn.cursor() as cur:
         cur.execute(GOVERNED_VIEW)
     conn.close()
-    service, server, uri = start_gateway(live_mesh.registry, policy=policy)
+    service, server, uri = start_gateway(live_mesh.registry, policies=POLICIES, principal=ALICE)
     yield uri
     server.shutdown()
     service.close()
@@ -238,7 +217,7 @@ def test_denied_product_names_the_policy_and_contacts_no_source(governed: str, l
         cur.execute("SELECT * FROM shipping.carriers")
     message = str(info.value)
     assert "PERMISSION_DENIED" in message or "Unauthorized" in message or "UNAUTHORIZED" in message, message
-    assert "shipping.carriers" in message and "test/deny-carriers" in message
+    assert "shipping.carriers" in message and "deny-carriers" in message
 
 
 @pytest.mark.parametrize("sql", SMALL_GROUPS)
