@@ -49,7 +49,7 @@ FROM_VALUES = _FromValues()
 class PostgresConnector(AdbcConnector):
     kind: ClassVar[str] = "postgres"
     dialect: ClassVar[str] = "postgres"
-    capabilities: ClassVar[Capabilities] = Capabilities(joins=True, aggregates=True, full_sql=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(joins=True, aggregates=True, full_sql=True, max_in_list=100_000)
     dbapi = adbc_driver_postgresql.dbapi
 
     @property

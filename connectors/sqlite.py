@@ -40,7 +40,7 @@ class SQLiteConnector(AdbcConnector):
     kind: ClassVar[str] = "sqlite"
     dialect: ClassVar[str] = "sqlite"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        joins=True, aggregates=False, full_sql=False, portable_filters_only=True
+        joins=True, aggregates=False, full_sql=False, portable_filters_only=True, max_in_list=50_000
     )
     dbapi = adbc_driver_sqlite.dbapi
 

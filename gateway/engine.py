@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -63,7 +63,12 @@ class Engine:
         engine fetch a small fragment first and filter a large one by its join keys."""
         if plan.passthrough is not None:
             return self._stream_fragment(plan.passthrough, plan.output_names, control)
-        probes = choose_dynamic_filters(plan.dynamic_filters, estimates or {})
+        probes = choose_dynamic_filters(
+            plan.dynamic_filters,
+            estimates or {},
+            exact=frozenset(f.name for f in plan.fragments if f.unfiltered),
+            key_limits={f.name: f.connector.capabilities.max_in_list for f in plan.fragments if f.connector},
+        )
         tables = self._fetch_all(plan.fragments, probes, control)
         return self._run_residual(plan, tables, control)
 
@@ -148,7 +153,7 @@ class Engine:
                         futures[probe] = self._pool.submit(fetch, by_name[probe], filtered_sql(by_name[probe], filters, builds))
                 pending = [f for f in futures.values() if not f.done()]
                 if pending:
-                    done, _ = wait(pending, timeout=0.05, return_when=FIRST_EXCEPTION)
+                    done, _ = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
                     for future in done:
                         future.result()  # re-raise the first failure
                 control.check()
@@ -220,25 +225,36 @@ class Engine:
 
 
 MAX_FILTER_KEYS = 100_000
-"""Most distinct keys sent to a source in one dynamic filter (an IN list stays cheap to parse)."""
+"""Most distinct keys any dynamic filter sends; each source's ``max_in_list`` may lower it."""
 
 MIN_PROBE_RATIO = 4
 """A fragment is filtered by another's keys only if its source holds this many times more rows."""
 
 
-def choose_dynamic_filters(filters: list[DynamicFilter], estimates: dict[str, int | None]) -> dict[str, list[DynamicFilter]]:
+def choose_dynamic_filters(
+    filters: list[DynamicFilter],
+    estimates: dict[str, int | None],
+    exact: frozenset[str] = frozenset(),
+    key_limits: dict[str, int] | None = None,
+) -> dict[str, list[DynamicFilter]]:
     """Which candidate filters to use.
 
     A probe waits for its build, so a filter is only worth it when it will most likely be used:
-    the build side's sources hold at most ``2 * MAX_FILTER_KEYS`` rows (its own predicates then
-    usually leave fewer keys than the limit) and the probe side's at least ``MIN_PROBE_RATIO``
-    times more. No fragment both waits for keys and provides them (no chains of waiting).
+    the probe side's sources hold at least ``MIN_PROBE_RATIO`` times the build side's rows, and
+    the build side will likely return no more keys than the probe's source takes
+    (``key_limits``, default ``MAX_FILTER_KEYS``): its estimate is at most twice that, or at
+    most that when the estimate is ``exact`` (a fragment with no predicates returns every row).
+    No fragment both waits for keys and provides them (no chains of waiting).
     """
+    limits = key_limits or {}
     chosen: dict[str, list[DynamicFilter]] = {}
     builds: set[str] = set()
     for f in sorted(filters, key=lambda f: estimates.get(f.build) or 0):
         build, probe = estimates.get(f.build), estimates.get(f.probe)
-        if build is None or probe is None or build > 2 * MAX_FILTER_KEYS or probe < MIN_PROBE_RATIO * max(build, 1):
+        if build is None or probe is None or probe < MIN_PROBE_RATIO * max(build, 1):
+            continue
+        limit = min(MAX_FILTER_KEYS, limits.get(f.probe, MAX_FILTER_KEYS))
+        if build > (limit if f.build in exact else 2 * limit):
             continue
         if f.build in chosen or f.probe in builds:
             continue
@@ -255,10 +271,11 @@ def filtered_sql(fragment: BoundFragment, filters: list[DynamicFilter], builds: 
     """
     assert fragment.connector is not None and fragment.sql is not None
     dialect = fragment.connector.dialect
+    limit = min(MAX_FILTER_KEYS, fragment.connector.capabilities.max_in_list)
     conditions = []
     for f in filters:
         keys = pc.unique(builds[f.build].column(f.build_column).drop_null())
-        if len(keys) > MAX_FILTER_KEYS:
+        if len(keys) > limit:
             continue
         column = exp.column(f.probe_column, table="_dynamic", quoted=True).sql(dialect=dialect)
         if len(keys) == 0:

@@ -20,7 +20,7 @@ from sqlglot import exp
 
 from connectors.base import Connector
 from gateway.descriptor import Descriptor
-from gateway.engine import MAX_FILTER_KEYS, MIN_PROBE_RATIO, Engine, QueryControl, conform_schema
+from gateway.engine import MIN_PROBE_RATIO, Engine, QueryControl, conform_schema
 from gateway.errors import MeshError, ResourceExhausted, ShuttingDown
 from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.planner import Plan, PlanContext, bind, parse_statement, plan_statement
@@ -141,7 +141,8 @@ class GatewayService:
             rows.append((
                 "dynamic filter", "", "",
                 f"{f.probe}.{f.probe_column} IN (keys of {f.build}.{f.build_column}) when {f.probe}'s sources hold "
-                f">= {MIN_PROBE_RATIO}x the rows of {f.build}'s (at most {2 * MAX_FILTER_KEYS}) and it returns <= {MAX_FILTER_KEYS} keys",
+                f">= {MIN_PROBE_RATIO}x the rows of {f.build}'s and {f.build} returns no more keys than "
+                f"{f.probe}'s source takes in one IN list",
             ))
         if bound.passthrough is not None:
             rows.append(("result", "passthrough", "", f"stream of fragment {bound.passthrough.name}"))

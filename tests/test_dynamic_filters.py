@@ -26,6 +26,13 @@ def test_no_filter_when_sizes_are_close_unknown_or_the_build_is_too_big() -> Non
     assert choose_dynamic_filters([F], {"f0": 2 * MAX_FILTER_KEYS + 1, "f1": 10**9}) == {}
 
 
+def test_an_unfiltered_build_that_returns_too_many_keys_is_not_waited_for() -> None:
+    estimates = {"f0": 150_000, "f1": 6_000_000}
+    assert choose_dynamic_filters([F], estimates, key_limits={"f1": 100_000}) == {"f1": [F]}  # predicates may cut it
+    assert choose_dynamic_filters([F], estimates, exact=frozenset({"f0"}), key_limits={"f1": 100_000}) == {}
+    assert choose_dynamic_filters([F], estimates, key_limits={"f1": 5_000}) == {}  # the probe's source takes few keys
+
+
 def test_no_chains_of_waiting() -> None:
     second = DynamicFilter("f1", "x", "f2", "x")
     chosen = choose_dynamic_filters([F, second], {"f0": 10, "f1": 1_000, "f2": 1_000_000})

@@ -28,6 +28,7 @@ class BoundFragment:
     products: tuple[str, ...]
     local_table: pa.Table | None = None
     post_sql: str | None = None  # DataFusion SQL over the fetched rows (table "__raw"), if any
+    unfiltered: bool = False  # no predicates: it returns every row of its source (exact estimate)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ def bind(plan: Plan, values: Sequence[Any] | None) -> BoundPlan:
             sql = fragment.connector.render(_substitute(fragment.expression, literals))
         post = _substitute(fragment.post, literals).sql(dialect="postgres", identify=True) if fragment.post else None
         fragments.append(
-            BoundFragment(fragment.name, fragment.connector, sql, fragment.expected, fragment.products, fragment.local_table, post)
+            BoundFragment(
+                fragment.name, fragment.connector, sql, fragment.expected, fragment.products, fragment.local_table, post,
+                unfiltered=fragment.expression is not None and not fragment.expression.find(exp.Where),
+            )
         )
     residual = _substitute(plan.residual, literals).sql(dialect="postgres", identify=True)
     passthrough = fragments[0] if plan.passthrough is not None else None
