@@ -20,11 +20,14 @@ Semantics (DESIGN.md "Principals and the default policy"):
 
 Speed: casbin sees only the rules ``RuleIndex`` pre-selected for the product's domain, name,
 tags and action, and decisions are cached per (principal name, roles, attributes, product
-id@version, action) until the policy files change.
+id@version, action) until the policy files change; the key also holds a digest of the
+descriptor, so a different definition under the same version never gets a stale decision.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -86,6 +89,7 @@ class PolicyEngine:
         self._failed_signature: tuple[Any, ...] | None = None
         self._reload_lock = threading.Lock()
         self._last_check = 0.0
+        self._fingerprints: dict[int, tuple[Any, str]] = {}
 
     @classmethod
     def load(cls, directory: Path | None = None) -> "PolicyEngine":
@@ -148,17 +152,19 @@ class PolicyEngine:
         """Whether ``principal`` may ``action`` ``product``, and what a read must apply."""
         try:
             state = self._state
+            fingerprint = self._fingerprint(product)
             key = (
                 principal.name,
                 frozenset(principal.roles),
                 _attributes_key(principal.attributes),
                 product.product_id,
                 product.version,
+                fingerprint,
                 action,
             )
             decision = state.decisions.get(key)
             if decision is None:
-                decision = state.decide(principal, product, action)
+                decision = state.decide(principal, product, action, fingerprint)
                 state.remember(key, decision)
             return decision
         except Exception as err:  # fail closed: an engine bug must never let a read through
@@ -184,6 +190,22 @@ class PolicyEngine:
             return Decision(
                 False, (f"policy evaluation failed ({type(err).__name__}: {err}); denied (fail closed)",), policies=("engine",)
             )
+
+    def _fingerprint(self, product: Descriptor) -> str:
+        """A digest of the descriptor's content, so a cached decision or compiled view is only
+        reused for the very same product definition (versions are immutable in one registry,
+        but an engine may outlive a registry, and tests build products freely). Memoised by the
+        identity of ``product.raw``, which the memo keeps alive so its id is not reused."""
+        raw = product.raw
+        memo = self._fingerprints.get(id(raw))
+        if memo is not None and memo[0] is raw:
+            return memo[1]
+        text = json.dumps(raw, sort_keys=True, default=str)
+        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
+        if len(self._fingerprints) > 50_000:
+            self._fingerprints.clear()
+        self._fingerprints[id(raw)] = (raw, digest)
+        return digest
 
     def __call__(self, principal: Principal, product: Descriptor) -> Decision:
         """``engine(principal, product)``: the service's ``Policy`` callable (a read)."""
@@ -241,7 +263,7 @@ class _State:
         self.roles = role_enforcer(((l.role, l.parent, l.domain) for l in policies.roles), model_text)
         self.has_role_links = bool(policies.roles)
         self.decisions: dict[tuple[Any, ...], Decision] = {}
-        self.views: dict[tuple[str, str], _ProductView] = {}
+        self.views: dict[tuple[str, str, str], _ProductView] = {}
         self._effective: dict[tuple[frozenset[str], str], frozenset[str]] = {}
         self._lock = threading.Lock()
 
@@ -283,8 +305,8 @@ class _State:
 
     # -- product views --
 
-    def view(self, product: Descriptor) -> _ProductView:
-        key = (product.product_id, product.version)
+    def view(self, product: Descriptor, fingerprint: str) -> _ProductView:
+        key = (product.product_id, product.version, fingerprint)
         view = self.views.get(key)
         if view is None:
             view = self._build_view(product)
@@ -396,10 +418,10 @@ class _State:
 
     # -- decisions --
 
-    def decide(self, principal: Principal, product: Descriptor, action: str) -> Decision:
+    def decide(self, principal: Principal, product: Descriptor, action: str, fingerprint: str) -> Decision:
         if action not in ACTIONS:
             return Decision(False, (f"unknown action '{action}' (known: {', '.join(ACTIONS)})",), policies=("engine",))
-        view = self.view(product)
+        view = self.view(product, fingerprint)
         if view.error:
             return Decision(False, (view.error,), policies=(view.label,))
         subject = Subject(principal.name, self.effective_roles(frozenset(principal.roles), product.domain), principal.attributes)

@@ -413,7 +413,7 @@ class _Document:
                 if pattern == "*":
                     pattern = f"{self.domain}.*"
                 elif not dot:
-                    domain, name, pattern = self.domain or "", pattern, f"{self.domain}.{pattern}"
+                    domain, dot, name, pattern = self.domain or "", ".", pattern, f"{self.domain}.{pattern}"
                 if domain != self.domain:
                     self.problem(where, f"'{pattern}': a policy of domain '{self.domain}' governs only its own products")
                     continue
