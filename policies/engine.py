@@ -15,7 +15,8 @@ Semantics (DESIGN.md "Principals and the default policy"):
   needs it denies the read. The reason names the rule and the attribute.
 - **Masks** from every layer apply unless the rule exempts the principal; when several mask one
   column, the strictest (``MASK_STRICTNESS``) wins. **Row filters** from every layer apply
-  (AND-ed), their ``{user.attr}`` values bound per principal. ``min_group_size``: the largest.
+  (AND-ed), their ``{user.attr}`` values bound per principal (``{user.name}`` is the
+  principal's name). ``min_group_size``: the largest. Masks and filters are for ``read`` only.
 - Any error while deciding is a deny whose reason says evaluation failed (fail closed).
 
 Speed: casbin sees only the rules ``RuleIndex`` pre-selected for the product's domain, name,
