@@ -37,7 +37,7 @@ class QueryControl:
     deadline: float
     is_cancelled: Callable[[], bool]
     timeout_seconds: float
-    sent: list[str] = field(default_factory=list)  # the SQL each source was sent, for history and audit
+    sent: list[tuple[str, str]] = field(default_factory=list)  # (source, SQL) each source was sent: history, audit
 
     def check(self) -> None:
         if self.is_cancelled():
@@ -170,7 +170,7 @@ class Engine:
         control.check()
         assert fragment.connector is not None and fragment.sql is not None
         text = sql or fragment.sql
-        control.sent.append(text)
+        control.sent.append((fragment.connector.display_name, text))
         with naming_products(fragment):
             return fragment.connector.scan(text)
 

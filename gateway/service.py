@@ -11,17 +11,19 @@ import hashlib
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 from cachetools import LRUCache
 from sqlglot import exp
 
 from connectors.base import Connector
+from gateway.contract_keys import ForeignKey, KeyColumn, TableFilter, foreign_keys, primary_keys
 from gateway.descriptor import Descriptor
 from gateway.engine import MIN_PROBE_RATIO, Engine, QueryControl, conform_schema
-from gateway.errors import MeshError, ResourceExhausted, ShuttingDown
+from gateway.audit import AuditLog
+from gateway.errors import MeshError, QueryCancelled, ResourceExhausted, ShuttingDown
 from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.planner import Plan, PlanContext, bind, parse_statement, plan_statement
 from gateway.planner.bind import BoundFragment
@@ -43,6 +45,7 @@ class TableInfo:
     table_type: str  # "TABLE" | "VIEW" | "SYSTEM TABLE"
     arrow_schema: pa.Schema
     description: str
+    column_descriptions: Mapping[str, str] = field(default_factory=dict)  # from the contract
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,16 @@ EXPLAIN_SCHEMA = pa.schema([("step", pa.string()), ("source", pa.string()), ("pr
 
 
 class GatewayService:
-    def __init__(self, registry: Registry, settings: Settings = Settings(), policies: PolicyEngine | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings = Settings(),
+        policies: PolicyEngine | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.registry = registry
         self.policies = policies if policies is not None else PolicyEngine.load()
+        self.audit = audit if audit is not None else AuditLog(registry.path.parent / "audit.log")
         self.settings = settings
         self.sources = SourceManager()
         self.engine = Engine(settings.memory_limit)
@@ -93,9 +103,9 @@ class GatewayService:
 
     # --- queries ----------------------------------------------------------------------------
 
-    def prepare(self, sql: str, principal: Principal) -> PreparedQuery:
-        """Parse and plan ``sql``; raises ``gateway.errors.MeshError`` subclasses."""
-        planned = self._planned(sql, principal)
+    def prepare(self, sql: str, principal: Principal, client: str | None = None) -> PreparedQuery:
+        """Parse and plan ``sql``; raises ``gateway.errors.MeshError`` subclasses (audited)."""
+        planned = self._planned_or_audit(sql, principal, client)
         parameters = pa.schema([pa.field(f"${i + 1}", t) for i, t in enumerate(planned.plan.parameter_types)])
         handle = hashlib.sha256(sql.encode()).hexdigest()[:32]
         return PreparedQuery(handle, sql, planned.schema, parameters)
@@ -106,10 +116,15 @@ class GatewayService:
         principal: Principal,
         parameters: Sequence[Any] = (),
         is_cancelled: Callable[[], bool] | None = None,
+        client: str | None = None,
     ) -> pa.RecordBatchReader:
-        """Run a statement and stream its result (batches of at most a few MiB)."""
+        """Run a statement and stream its result (batches of at most a few MiB).
+
+        Every statement is audited: a refused or failed one when it fails, an answered one
+        before its first batch is returned (durably), completed with its row count at the end.
+        """
         sql = query.sql if isinstance(query, PreparedQuery) else query
-        planned = self._planned(sql, principal)
+        planned = self._planned_or_audit(sql, principal, client)
         if planned.kind == "explain":
             return self._explain(planned.plan, parameters).to_reader()
         control = QueryControl(
@@ -119,13 +134,32 @@ class GatewayService:
         )
         bound = bind(planned.plan, list(parameters))
         self.recent.append(control)
+        audit = dict(client=client, products=_versions(planned.plan), decisions=planned.plan.decisions)
         slot = self._admission.enter(control)
         try:
             reader = self.engine.execute(bound, control, planned.estimates)
-        except BaseException:
+        except BaseException as err:
             slot.release()
+            self.audit.begin(principal, sql, fragments=control.sent, status="error", error=str(err), **audit)
             raise
-        return pa.RecordBatchReader.from_batches(reader.schema, _releasing(reader, slot))
+        record = self.audit.begin(principal, sql, fragments=control.sent, **audit)
+        return pa.RecordBatchReader.from_batches(reader.schema, self._finishing(reader, slot, record))
+
+    def _finishing(self, reader: pa.RecordBatchReader, slot: _Slot, record: str) -> Iterator[pa.RecordBatch]:
+        """Yield the reader's batches; when the stream ends or is dropped, free the query's slot
+        and complete its audit record with the rows returned."""
+        rows, status, error = 0, "ok", None
+        try:
+            for batch in reader:
+                rows += batch.num_rows
+                yield batch
+        except BaseException as err:
+            status, error = ("cancelled" if isinstance(err, (GeneratorExit, QueryCancelled)) else "error"), str(err)
+            raise
+        finally:
+            slot.release()
+            reader.close()
+            self.audit.complete(record, rows=rows, status=status, error=error, durable=False)
 
     def explain(self, sql: str, principal: Principal) -> pa.Table:
         planned = self._planned(sql, principal)
@@ -150,6 +184,16 @@ class GatewayService:
             rows.append(("residual", "datafusion", "", bound.residual_sql))
         columns = list(zip(*rows))
         return pa.table([pa.array(list(c), pa.string()) for c in columns], schema=EXPLAIN_SCHEMA)
+
+    def _planned_or_audit(self, sql: str, principal: Principal, client: str | None) -> _Planned:
+        """Plan ``sql``; a refusal or failure is audited before it reaches the client."""
+        try:
+            return self._planned(sql, principal)
+        except MeshError as err:
+            denied = err.status == "PERMISSION_DENIED"
+            self.audit.begin(principal, sql, client=client, allowed=not denied, reasons=[err.message] if denied else None,
+                             status="denied" if denied else "error", error=err.message)
+            raise
 
     def _planned(self, sql: str, principal: Principal) -> _Planned:
         """The cached plan for ``sql`` at the current registry generation, or a new one.
@@ -261,6 +305,7 @@ class GatewayService:
                 "VIEW" if d.source.connector == "mesh" else "TABLE",
                 pa.schema([pa.field(c.name, c.type.arrow, nullable=not c.required) for c in d.columns]),
                 d.description,
+                {c.name: c.description for c in d.columns if c.description},
             )
             for domain, name, d in listed_relations(snapshot)
         ]
@@ -279,6 +324,14 @@ class GatewayService:
     def table_types(self) -> list[str]:
         return ["SYSTEM TABLE", "TABLE", "VIEW"]
 
+    def primary_keys(self, where: TableFilter) -> list[KeyColumn]:
+        """Primary-key columns the contracts declare (``primary_key: true``)."""
+        return primary_keys(self.registry.catalog(), where)
+
+    def foreign_keys(self, primary: TableFilter | None = None, foreign: TableFilter | None = None) -> list[ForeignKey]:
+        """Foreign keys the contracts declare (``references``), filtered by either side."""
+        return foreign_keys(self.registry.catalog(), primary, foreign)
+
     def catalog(self) -> Catalog:
         return self.registry.catalog()
 
@@ -289,6 +342,7 @@ class GatewayService:
     def close(self) -> None:
         self.engine.close()
         self.sources.close()
+        self.audit.close()
 
 
 class _Slot:
@@ -346,13 +400,8 @@ class _Admission:
             return self.running == 0
 
 
-def _releasing(reader: pa.RecordBatchReader, slot: _Slot) -> Iterator[pa.RecordBatch]:
-    """Yield the reader's batches; free the query's slot when the stream ends or is dropped."""
-    try:
-        yield from reader
-    finally:
-        slot.release()
-        reader.close()
+def _versions(plan: Plan) -> list[tuple[str, str]]:
+    return [tuple(label.rsplit("@", 1)) for label in plan.products]  # type: ignore[misc]
 
 
 def _like(value: str, pattern: str | None) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import psycopg2
 import pyarrow as pa
 from sqlglot import exp
 
+from gateway.audit import AuditLog
 from gateway.demo_data import DemoMesh, generate_demo_mesh
 from gateway.descriptor import Descriptor
 from gateway.engine import conform
@@ -65,7 +67,8 @@ def start_gateway(
     principal: Principal = ANONYMOUS,
 ) -> tuple[GatewayService, MeshFlightServer, str]:
     """A gateway on a free port; every caller is ``principal`` (authentication is tested apart)."""
-    service = GatewayService(registry, settings, PolicyEngine.load(policies))
+    audit = AuditLog(registry.path.parent / f"audit-{uuid.uuid4().hex[:8]}.log")
+    service = GatewayService(registry, settings, PolicyEngine.load(policies), audit)
     server = MeshFlightServer("grpc://127.0.0.1:0", service, principal_for=lambda _context: principal)
     return service, server, f"grpc://127.0.0.1:{server.port}"
 

@@ -211,10 +211,10 @@ def test_capability_table() -> None:
     everything = Capabilities(joins=True, aggregates=True, full_sql=True)
     assert DuckDBConnector.capabilities == everything
     assert ParquetConnector.capabilities == everything
-    assert PostgresConnector.capabilities == everything
+    assert PostgresConnector.capabilities == Capabilities(joins=True, aggregates=True, full_sql=True, max_in_list=100_000)
     assert FlightSQLConnector.capabilities == everything
     assert SQLiteConnector.capabilities == Capabilities(
-        joins=True, aggregates=False, full_sql=False, portable_filters_only=True
+        joins=True, aggregates=False, full_sql=False, portable_filters_only=True, max_in_list=50_000
     )
     dialects = {kind: connector_class(kind).dialect for kind in known_kinds()}
     assert dialects == {

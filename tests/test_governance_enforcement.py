@@ -10,6 +10,7 @@ product, or be rejected.  ``orders.orders`` carries ``min_group_size: 5``.
 
 from __future__ import annotations
 
+import json
 from typing import Iterator
 
 import adbc_driver_flightsql.dbapi as flightsql
@@ -43,6 +44,9 @@ FROM customers.customers WHERE country = 'DE';
 """
 
 
+_SERVICE: dict[str, object] = {}
+
+
 @pytest.fixture(scope="module")
 def governed(live_mesh: LiveMesh) -> Iterator[str]:
     conn = psycopg2.connect(live_mesh.oracle_uri)
@@ -51,6 +55,7 @@ def governed(live_mesh: LiveMesh) -> Iterator[str]:
         cur.execute(GOVERNED_VIEW)
     conn.close()
     service, server, uri = start_gateway(live_mesh.registry, policies=POLICIES, principal=ALICE)
+    _SERVICE["service"] = service
     yield uri
     server.shutdown()
     service.close()
@@ -243,3 +248,23 @@ def test_masks_and_filters_run_inside_a_full_sql_source_as_their_own_fragment(go
     assert "MD5(" in payments["sql"].upper() and '"succeeded" = TRUE' in payments["sql"]
     assert "amount" not in payments["sql"].split("WHERE")[1]  # the client's predicate stays outside the barrier
     assert "GROUP BY" not in payments["sql"]
+
+
+def test_every_query_is_audited_allowed_or_denied(governed: str) -> None:
+    service = _SERVICE["service"]
+    with flightsql.connect(governed) as conn, conn.cursor() as cur:
+        cur.execute("SELECT email FROM customers.customers WHERE customer_id < 100 ORDER BY customer_id")
+        answered = cur.fetch_arrow_table().num_rows
+        with pytest.raises(flightsql.Error):
+            cur.execute("SELECT * FROM shipping.carriers")
+    service.audit.flush()  # type: ignore[attr-defined]
+    lines = [json.loads(line) for line in service.audit.path.read_text().splitlines()]  # type: ignore[attr-defined]
+    allowed = next(r for r in reversed(lines) if r.get("query", "").startswith("SELECT email"))
+    assert allowed["principal"]["name"] == "alice" and allowed["client"].startswith("ipv4:127.0.0.1")
+    assert any("customers.customers" in str(p) for p in allowed["products"])
+    assert "email" in json.dumps(allowed["masks"]) and "DE" in json.dumps(allowed)
+    assert allowed["fragments"] and "customers" in json.dumps(allowed["fragments"])
+    done = next(r for r in lines if r.get("type") == "complete" and r["id"] == allowed["id"])
+    assert done["rows"] == answered and done["status"] == "ok"
+    denied = next(r for r in reversed(lines) if r.get("query", "").startswith("SELECT * FROM shipping.carriers"))
+    assert denied["decision"]["allowed"] is False and denied["status"] == "denied" and "deny-carriers" in json.dumps(denied)

@@ -145,8 +145,8 @@ def test_dynamic_filter_sends_the_small_sides_keys_to_the_large_source(live_mesh
     with flightsql.connect(live_mesh.uri) as conn, conn.cursor() as cur:
         cur.execute(sql)
         answer = cur.fetch_arrow_table()
-    sent = next(c for c in reversed(live_mesh.service.recent) if any("order_items" in s for s in c.sent)).sent
-    items = next(s for s in sent if "order_items" in s)
+    sent = next(c for c in reversed(live_mesh.service.recent) if any("order_items" in sql for _, sql in c.sent)).sent
+    items = next(sql for _, sql in sent if "order_items" in sql)
     assert '"_dynamic"."order_id" IN (' in items
     japanese = live_mesh.service.execute(
         "SELECT count(*) AS n FROM customers.customers WHERE country = 'JP'", ANONYMOUS

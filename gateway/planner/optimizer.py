@@ -52,4 +52,7 @@ def plan_statement(sql: str, statement: Statement, ctx: PlanContext) -> Plan:
         expression = rule(expression, ctx)
     assert isinstance(expression, exp.Query)
     products = tuple(sorted({p for f in ctx.fragments for p in f.products}))
-    return Plan(sql, expression, ctx.fragments, ctx.output_names, list(ctx.parameter_types), products, ctx.dynamic_filters)
+    return Plan(
+        sql, expression, ctx.fragments, ctx.output_names, list(ctx.parameter_types), products, ctx.dynamic_filters,
+        ctx.decisions,
+    )

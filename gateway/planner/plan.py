@@ -14,6 +14,7 @@ from sqlglot import exp
 
 from connectors.base import Connector
 from gateway.descriptor import Descriptor
+from policies.decision import Decision
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Plan:
     parameter_types: list[pa.DataType] = field(default_factory=list)
     products: tuple[str, ...] = ()
     dynamic_filters: list[DynamicFilter] = field(default_factory=list)
+    decisions: dict[str, Decision] = field(default_factory=dict)  # product id -> governance applied
 
     @property
     def passthrough(self) -> Fragment | None:
