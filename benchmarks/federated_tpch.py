@@ -505,19 +505,12 @@ def parse_explain(rows: list[dict[str, str]]) -> FloorPlan:
 DUCKDB_SETTINGS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 
-def source_dialect(kind: str) -> str:
-    """The SQL dialect the gateway's connector of this kind speaks (for ``filtered_sql``)."""
-    if kind == "postgres":
-        from connectors.postgres import PostgresConnector
+def source_class(kind: str) -> Any:
+    """The gateway's connector class for a source kind: its dialect and capabilities (the
+    IN-list limit of dynamic filters), as ``filtered_sql`` and the filter choice read them."""
+    from connectors import connector_class
 
-        return PostgresConnector.dialect
-    if kind == "sqlite":
-        from connectors.sqlite import SQLiteConnector
-
-        return SQLiteConnector.dialect
-    from connectors.parquet import ParquetConnector
-
-    return ParquetConnector.dialect
+    return connector_class(kind)
 
 
 class FloorRunner:
@@ -619,14 +612,23 @@ class FloorRunner:
         and each fragment's rows in ``last_filters`` / ``last_rows``."""
         from gateway.engine import MAX_FILTER_KEYS, choose_dynamic_filters, filtered_sql
 
-        probes = choose_dynamic_filters(plan.dynamic_filters, self.estimates(plan)) if plan.dynamic_filters else {}
         kinds = {name: kind for name, kind, _ in plan.fragments}
+        probes = (
+            choose_dynamic_filters(
+                plan.dynamic_filters,
+                self.estimates(plan),
+                exact=frozenset(name for name, _, sql in plan.fragments if " WHERE " not in sql),
+                key_limits={name: source_class(kind).capabilities.max_in_list for name, kind in kinds.items()},
+            )
+            if plan.dynamic_filters
+            else {}
+        )
         report: list[dict[str, Any]] = []
 
         def probe(name: str, sql: str) -> pa.Table:
             filters = probes[name]
             builds = {f.build: futures[f.build].result() for f in filters}  # wait for the keys
-            fragment = SimpleNamespace(sql=sql, connector=SimpleNamespace(dialect=source_dialect(kinds[name])))
+            fragment = SimpleNamespace(sql=sql, connector=source_class(kinds[name]))
             text = filtered_sql(fragment, filters, builds)  # type: ignore[arg-type]
             if not record:
                 return self.fetch(kinds[name], text or sql)
@@ -635,7 +637,8 @@ class FloorRunner:
                 report.append({
                     "filter": f"{f.probe}.{f.probe_column} IN (keys of {f.build}.{f.build_column})",
                     "keys": keys[f.build],
-                    "applied": text is not None and keys[f.build] <= MAX_FILTER_KEYS,
+                    "applied": text is not None
+                    and keys[f.build] <= min(MAX_FILTER_KEYS, source_class(kinds[name]).capabilities.max_in_list),
                 })
             return self.fetch(kinds[name], text or sql)
 
