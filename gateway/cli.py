@@ -1,4 +1,4 @@
-"""The ``meshgate`` command: serve the mesh, run the demo, query, register products.
+"""The ``meshgate`` command: serve the mesh, run the demo, query, register products, add users.
 
 Exit codes: 0 success, 1 a query or server failure, 2 bad input (usage, invalid descriptor,
 invalid SQL) with a message on stderr saying what was wrong and where.
@@ -21,6 +21,7 @@ from rich.table import Table
 
 from gateway import __version__
 from gateway.errors import InvalidDescriptor, MeshError
+from policies.loader import PolicyError
 
 stderr = Console(stderr=True)
 stdout = Console()
@@ -62,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"Flight SQL port (default {DEFAULT_PORT})")
     serve.add_argument("--products", type=Path, action="append", default=[], help="register descriptors from this file or folder first (repeatable)")
     serve.add_argument("--insecure-no-auth", action="store_true", help="serve without authentication: every caller is 'anonymous'")
-    serve.add_argument("--users", type=Path, help="users file (authentication; not available yet)")
+    serve.add_argument("--users", type=Path, help="users file: turns authentication on (write it with `meshgate user add`); re-read when it changes")
+    serve.add_argument("--token-ttl", type=float, default=3600.0, help="seconds a login's bearer token stays valid (default 3600)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) of the server: serve grpc+tls:// (needs --tls-key)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: mutual TLS, clients must present a certificate it signed")
 
     demo = commands.add_parser("demo", help="generate a sample mesh, register it and serve it on 127.0.0.1")
     _add_server_options(demo)
@@ -77,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--server", default=f"grpc://127.0.0.1:{DEFAULT_PORT}", help="gateway URI (default grpc://127.0.0.1:32010)")
     query.add_argument("--format", choices=("table", "csv", "json", "arrow"), default="table")
     query.add_argument("--param", action="append", default=[], help="a parameter value for ? (repeatable; given as text)")
+    query.add_argument("--user", help="log in as this user; the password is read from $MESHGATE_PASSWORD")
 
     product = commands.add_parser("product", help="manage data products").add_subparsers(dest="action", required=True)
     register = product.add_parser("register", help="validate descriptors and publish them (all or nothing)")
@@ -84,7 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--registry", type=Path, default=None)
     listing = product.add_parser("list", help="list registered products and versions")
     listing.add_argument("--registry", type=Path, default=None)
+
+    user = commands.add_parser("user", help="manage a users file").add_subparsers(dest="action", required=True)
+    add = user.add_parser("add", help="add a user, or replace one, with a salted password hash")
+    add.add_argument("name", help="the user name clients log in with")
+    add.add_argument("--users", type=Path, required=True, help="the users file (created if missing)")
+    add.add_argument("--role", action="append", required=True, help="a role (repeatable)")
+    add.add_argument("--attr", action="append", default=[], type=_attribute, metavar="KEY=VALUE",
+                     help="an attribute policies see as {user.KEY} (repeatable; true/false and whole numbers are typed)")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     return parser
+
+
+def _attribute(text: str) -> tuple[str, object]:
+    from gateway.users import UsersFileError, parse_attribute
+
+    try:
+        return parse_attribute(text)
+    except UsersFileError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +118,8 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent-queries", type=int, default=8)
     parser.add_argument("--max-queued-queries", type=int, default=64)
     parser.add_argument("--grace-period", type=float, default=30.0, help="seconds running queries get to finish on SIGTERM")
+    parser.add_argument("--policies", type=Path, default=None, help="policy directory: global/*.yaml, domains/<domain>/*.yaml (default: the packaged policies)")
+    parser.add_argument("--audit-log", type=Path, default=None, help="audit log file (default: audit.log beside the registry)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,8 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_register(args)
         if args.command == "product" and args.action == "list":
             return cmd_list(args)
+        if args.command == "user" and args.action == "add":
+            return cmd_user_add(args)
     except InvalidDescriptor as err:
         _print_descriptor_errors([err])
+        return 2
+    except PolicyError as err:
+        stderr.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
         return 2
     except MeshError as err:
         stderr.print(f"[red]error:[/red] {err.message}")
@@ -194,32 +225,75 @@ def _service(args: argparse.Namespace, registry):  # noqa: ANN001, ANN202
         max_concurrent_queries=args.max_concurrent_queries,
         max_queued_queries=args.max_queued_queries,
     )
-    return GatewayService(registry, settings)
+    from gateway.audit import AuditLog
+    from policies.engine import PolicyEngine
+
+    audit = AuditLog(args.audit_log) if args.audit_log else None
+    return GatewayService(registry, settings, PolicyEngine.load(args.policies), audit)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if args.users is not None:
-        stderr.print("error: --users is not supported yet; start with --insecure-no-auth")
+    from gateway.users import UsersFileError
+
+    if args.users is not None and args.insecure_no_auth:
+        stderr.print("error: give either --users (authentication on) or --insecure-no-auth, not both")
         return 2
-    if not args.insecure_no_auth:
+    if args.users is None and not args.insecure_no_auth:
         stderr.print(
-            "error: no --users file given. Authentication is required unless you pass --insecure-no-auth "
-            "(every caller is then 'anonymous' with role 'public')."
+            "error: no --users file given. Authentication is required: create users with "
+            "`meshgate user add NAME --users FILE --role ROLE --password-stdin` and serve with --users FILE, "
+            "or pass --insecure-no-auth (every caller is then 'anonymous' with role 'public')."
         )
         return 2
-    stderr.print("[yellow]WARNING: authentication is OFF (--insecure-no-auth): every caller is 'anonymous' with role 'public'[/yellow]")
+    try:
+        tls = _tls(args)
+        authenticator = _authenticator(args.users, args.token_ttl) if args.users is not None else None
+    except (UsersFileError, ValueError) as err:
+        stderr.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        return 2
+    if authenticator is None:
+        stderr.print("[yellow]WARNING: authentication is OFF (--insecure-no-auth): every caller is 'anonymous' with role 'public'[/yellow]")
+    else:
+        stderr.print(
+            f"authentication on: {len(authenticator.users)} users from {args.users} (re-read when it changes); "
+            f"tokens valid for {args.token_ttl:g} s"
+        )
     registry = _registry(args.registry)
     if args.products:
         for product_id, version, state in register_paths(registry, args.products):
             stderr.print(f"{state:>10}  {product_id} {version}")
-    return _serve(_service(args, registry), args.host, args.port, args.grace_period)
+    return _serve(_service(args, registry), args.host, args.port, args.grace_period, authenticator=authenticator, tls=tls)
 
 
-def _serve(service, host: str, port: int, grace_period: float, banner: str = "") -> int:  # noqa: ANN001
-    from gateway.flight.server import MeshFlightServer
+def _authenticator(users_file: Path, token_ttl: float):  # noqa: ANN202 - keeps --help fast
+    from gateway.auth import Authenticator, TokenIssuer
+    from gateway.users import UsersFile
 
-    server = MeshFlightServer(f"grpc://{host}:{port}", service)
-    stderr.print(f"meshgate {__version__} serving Flight SQL on grpc://{host}:{server.port}")
+    return Authenticator(UsersFile(users_file), TokenIssuer(ttl=token_ttl))
+
+
+def _tls(args: argparse.Namespace):  # noqa: ANN202
+    """The TLS files of ``serve``'s flags, checked to be readable; None without --tls-cert."""
+    from gateway.flight.server import TlsFiles
+
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("--tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such file")
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def _serve(service, host: str, port: int, grace_period: float, banner: str = "", authenticator=None, tls=None) -> int:  # noqa: ANN001
+    from gateway.flight.server import serve
+
+    server = serve(service, host, port, authenticator=authenticator, tls=tls)
+    scheme = "grpc+tls" if tls else "grpc"
+    stderr.print(f"meshgate {__version__} serving Flight SQL on {scheme}://{host}:{server.port}")
     if banner:
         stdout.print(banner, soft_wrap=True, highlight=False)  # SQL must stay copy-pasteable
     stop = threading.Event()
@@ -241,6 +315,7 @@ def _serve(service, host: str, port: int, grace_period: float, banner: str = "")
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo_data import generate_demo_mesh
+    from gateway.demo_users import ensure_demo_users
 
     data_dir = args.data_dir or meshgate_home() / "demo"
     mesh = generate_demo_mesh(data_dir, scale=args.scale, postgres_uri=args.postgres, progress=True)
@@ -249,20 +324,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     registry = _registry(args.registry or data_dir / "registry.db")
     register_paths(registry, [mesh.products_dir])
     stderr.print(f"registered {len(registry.catalog().versions)} products from {mesh.products_dir}")
+    accounts = ensure_demo_users(data_dir)
+    stderr.print(f"demo users in {accounts.users_file}, their passwords in {accounts.passwords_file}")
     if args.no_serve:
         return 0
-    return _serve(_service(args, registry), "127.0.0.1", args.port, args.grace_period, _demo_banner(args.port, mesh))
+    authenticator = _authenticator(accounts.users_file, 3600.0)
+    banner = _demo_banner(args.port, mesh, accounts)
+    return _serve(_service(args, registry), "127.0.0.1", args.port, args.grace_period, banner, authenticator=authenticator)
 
 
-def _demo_banner(port: int, mesh) -> str:  # noqa: ANN001
+def _demo_banner(port: int, mesh, accounts) -> str:  # noqa: ANN001
+    from gateway.demo_users import DEMO_USERS
+
     examples = "\n\n".join(f"-- {title}\n{sql}" for title, sql in mesh.example_queries)
+    users = "\n".join(
+        f"  {u.name:<6} password {accounts.passwords[u.name]}  role {', '.join(u.roles):<8} "
+        f"{', '.join(f'{k}={str(v).lower() if isinstance(v, bool) else v}' for k, v in u.attributes.items())}  ({u.note})"
+        for u in DEMO_USERS
+    )
+    alice = accounts.passwords["alice"]
     return f"""
-[bold]The demo mesh is live[/bold] (domains: {', '.join(mesh.domains)}). Connect with:
-  ADBC URI   grpc://127.0.0.1:{port}
-  JDBC URL   jdbc:arrow-flight-sql://127.0.0.1:{port}/?useEncryption=false
-  CLI        meshgate query --server grpc://127.0.0.1:{port} "SHOW TABLES"
+[bold]The demo mesh is live[/bold] (domains: {', '.join(mesh.domains)}). Authentication is on; the demo users
+(passwords kept in {accounts.passwords_file}):
+{users}
+
+Connect as alice:
+  ADBC URI   grpc://127.0.0.1:{port}  with username alice, password {alice}
+  JDBC URL   jdbc:arrow-flight-sql://127.0.0.1:{port}/?useEncryption=false&user=alice&password={alice}
+  CLI        MESHGATE_PASSWORD={alice} meshgate query --server grpc://127.0.0.1:{port} --user alice "SHOW TABLES"
   pyarrow    import adbc_driver_flightsql.dbapi as f
-             cur = f.connect("grpc://127.0.0.1:{port}").cursor()
+             cur = f.connect("grpc://127.0.0.1:{port}", db_kwargs={{"username": "alice", "password": "{alice}"}}).cursor()
              cur.execute("SELECT * FROM orders.orders LIMIT 5"); print(cur.fetch_arrow_table())
 
 Example cross-domain queries:
@@ -270,6 +361,45 @@ Example cross-domain queries:
 {examples}
 
 Press Ctrl-C to stop."""
+
+
+# --- users -----------------------------------------------------------------------------------
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from gateway.users import UsersFileError, add_user
+
+    password = _read_password(args.password_stdin)
+    if password is None:
+        return 2
+    try:
+        created = add_user(args.users, args.name, password, args.role, dict(args.attr))
+    except UsersFileError as err:
+        stderr.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        return 2
+    stdout.print(f"{'added' if created else 'updated'} user {args.name} (roles: {', '.join(args.role)}) in {args.users}", highlight=False)
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str | None:
+    """The new password: the first line of stdin, or typed twice at a terminal; None (after
+    saying why) when there is none."""
+    import getpass
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            stderr.print("[red]error:[/red] the passwords differ")
+            return None
+    else:
+        stderr.print("[red]error:[/red] give the password on stdin with --password-stdin")
+        return None
+    if not password:
+        stderr.print("[red]error:[/red] the password is empty")
+        return None
+    return password
 
 
 # --- querying --------------------------------------------------------------------------------
@@ -284,9 +414,15 @@ def cmd_query(args: argparse.Namespace) -> int:
     # The gateway is read-only and has no transactions; the DB-API's autocommit warning is noise.
     warnings.filterwarnings("ignore", message="Cannot disable autocommit")
 
+    credentials = {}
+    if args.user:
+        if not os.environ.get("MESHGATE_PASSWORD"):
+            stderr.print("[red]error:[/red] --user needs the password in the MESHGATE_PASSWORD environment variable")
+            return 2
+        credentials = {"username": args.user, "password": os.environ["MESHGATE_PASSWORD"]}
     started = time.perf_counter()
     try:
-        with flightsql.connect(args.server) as conn, conn.cursor() as cursor:
+        with flightsql.connect(args.server, db_kwargs=credentials) as conn, conn.cursor() as cursor:
             cursor.execute(args.sql, args.param or None)
             table = cursor.fetch_arrow_table()
     except AdbcError as err:

@@ -39,17 +39,39 @@ def test_demo_generates_registers_serves_and_prints_how_to_connect(tmp_path: Pat
         assert f"grpc://127.0.0.1:{port}" in banner
         assert f"jdbc:arrow-flight-sql://127.0.0.1:{port}" in banner
         assert banner.count("SELECT") >= 3  # example queries
-        result = meshgate("query", "--server", f"grpc://127.0.0.1:{port}", "SHOW SCHEMAS")
+
+        # authentication is on: demo users with passwords drawn once, kept 0600, hashed in users.yaml
+        passwords_file = tmp_path / "demo" / "demo-passwords.yaml"
+        passwords = yaml.safe_load(passwords_file.read_text())
+        assert passwords_file.stat().st_mode & 0o777 == 0o600
+        users_file = (tmp_path / "demo" / "users.yaml").read_text()
+        assert users_file.count("scrypt$") == 3 and not any(p in users_file for p in passwords.values())
+        for name, role in (("alice", "analyst"), ("bob", "analyst"), ("carol", "admin")):
+            (line,) = [line for line in banner.splitlines() if line.strip().startswith(f"{name} ")]
+            assert passwords[name] in line and role in line
+        assert f"user=alice&password={passwords['alice']}" in banner  # the JDBC URL
+
+        uri = f"grpc://127.0.0.1:{port}"
+        refused = meshgate("query", "--server", uri, "SHOW SCHEMAS")
+        assert refused.returncode == 1 and "authentication required" in refused.stderr
+        result = meshgate("query", "--server", uri, "--user", "alice", "SHOW SCHEMAS",
+                          env={**os.environ, "MESHGATE_PASSWORD": passwords["alice"]})
         assert result.returncode == 0, result.stderr
         for domain in ("customers", "orders", "payments", "shipping"):
             assert domain in result.stdout
-        # every example query the banner prints runs and returns rows
+        # every example query the banner prints runs and returns rows for alice
         from gateway.demo_data import EXAMPLE_QUERIES
 
-        with flightsql.connect(f"grpc://127.0.0.1:{port}") as conn, conn.cursor() as cur:
+        alice = {"username": "alice", "password": passwords["alice"]}
+        with flightsql.connect(uri, db_kwargs=alice) as conn, conn.cursor() as cur:
             for _, sql in EXAMPLE_QUERIES:
                 cur.execute(sql)
                 assert cur.fetch_arrow_table().num_rows > 0
+        # bob has no pii_training: the policies see his attributes and refuse the pii product
+        bob = {"username": "bob", "password": passwords["bob"]}
+        with flightsql.connect(uri, db_kwargs=bob) as conn, conn.cursor() as cur:
+            with pytest.raises(flightsql.Error, match="denied"):
+                cur.execute("SELECT name FROM customers.customers LIMIT 1")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert "served from DuckDB" in process.stderr.read()

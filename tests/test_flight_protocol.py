@@ -26,6 +26,7 @@ from adbc_driver_manager import AdbcStatusCode
 from google.protobuf import any_pb2
 
 import gateway
+from gateway.contract_keys import ForeignKey, KeyColumn, TableFilter
 from gateway.errors import InvalidQuery, MeshError, QueryCancelled, SourceUnavailable
 from gateway.flight import FlightSql_pb2 as pb
 from gateway.flight.server import (
@@ -96,7 +97,7 @@ class FakeService:
 
     executions: list[Execution] = field(default_factory=list)
 
-    def prepare(self, sql: str, principal: Principal) -> PreparedQuery:
+    def prepare(self, sql: str, principal: Principal, client: str | None = None) -> PreparedQuery:
         if sql.startswith("FAIL "):
             raise _failing(sql.removeprefix("FAIL "))(f'cannot run "{sql}": as requested')
         if sql == "CRASH":
@@ -110,6 +111,7 @@ class FakeService:
         principal: Principal,
         parameters: Sequence[Any] = (),
         is_cancelled: Callable[[], bool] | None = None,
+        client: str | None = None,
     ) -> pa.RecordBatchReader:
         sql = query.sql if isinstance(query, PreparedQuery) else query
         self.executions.append(Execution(sql, principal, tuple(parameters), is_cancelled))
@@ -169,6 +171,12 @@ class FakeService:
 
     def table_types(self) -> list[str]:
         return ["TABLE", "SYSTEM TABLE", "VIEW"]
+
+    def primary_keys(self, where: TableFilter) -> list[KeyColumn]:
+        return []  # keys from real contracts: tests/test_flight_metadata.py
+
+    def foreign_keys(self, primary: TableFilter | None = None, foreign: TableFilter | None = None) -> list[ForeignKey]:
+        return []
 
 
 def _nullable(schema: pa.Schema) -> pa.Schema:

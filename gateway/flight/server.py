@@ -2,8 +2,10 @@
 
 ``MeshFlightServer`` holds no SQL logic.  Every request becomes one call on the service
 (``prepare``, ``execute``, ``list_catalogs``, ``list_schemas``, ``list_tables``,
-``table_types``), run as the caller's principal, and the answer is encoded the way the Flight SQL
-specification and its real clients (ADBC's Go driver, the JDBC driver) expect it.
+``table_types``, ``primary_keys``, ``foreign_keys``), run as the caller's principal, and the
+answer is encoded the way the Flight SQL specification and its real clients (ADBC's Go driver,
+the JDBC driver) expect it.  Who the caller is comes from ``gateway/flight/auth.py`` (or is
+``anonymous`` with ``--insecure-no-auth``); session options from ``gateway/flight/sessions.py``.
 
 Statement tickets carry the SQL and the bound parameters themselves, so a DoGet needs no server
 state and may land on any replica; only prepared-statement handles live in this process.  A
@@ -55,6 +57,7 @@ import struct
 import threading
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import pyarrow as pa
@@ -62,8 +65,11 @@ import pyarrow.flight as flight
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
+from gateway.auth import Authenticator
+from gateway.contract_keys import ForeignKey, KeyColumn, TableFilter
 from gateway.errors import MeshError, NotFound, Unsupported
 from gateway.flight import FlightSql_pb2 as pb
+from gateway.flight import auth, sessions
 from gateway.flight.sql_info import SQL_INFO_SCHEMA, XDBC_TYPE_INFO_SCHEMA, sql_info_table, xdbc_type_info_table
 from gateway.service import PreparedQuery, TableInfo
 from gateway.types import sql_type_name
@@ -82,7 +88,7 @@ M = TypeVar("M", bound=Message)
 class Service(Protocol):
     """What the protocol layer needs of ``gateway.service.GatewayService``, and nothing more."""
 
-    def prepare(self, sql: str, principal: Principal) -> PreparedQuery: ...
+    def prepare(self, sql: str, principal: Principal, client: str | None = None) -> PreparedQuery: ...
 
     def execute(
         self,
@@ -90,6 +96,7 @@ class Service(Protocol):
         principal: Principal,
         parameters: Sequence[Any] = (),
         is_cancelled: Callable[[], bool] | None = None,
+        client: str | None = None,
     ) -> pa.RecordBatchReader: ...
 
     def list_catalogs(self) -> list[str]: ...
@@ -101,6 +108,10 @@ class Service(Protocol):
     ) -> list[TableInfo]: ...
 
     def table_types(self) -> list[str]: ...
+
+    def primary_keys(self, where: TableFilter) -> list[KeyColumn]: ...
+
+    def foreign_keys(self, primary: TableFilter | None = None, foreign: TableFilter | None = None) -> list[ForeignKey]: ...
 
 
 class ProtocolError(MeshError):
@@ -504,6 +515,10 @@ def _tables(service: Service, command: pb.CommandGetTables) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=TABLES_WITH_SCHEMA_SCHEMA)
 
 
+REMARKS = "ARROW:FLIGHT:SQL:REMARKS"
+"""The spec's field-metadata key for a column's comment (added after the others)."""
+
+
 def annotated_schema(table: TableInfo) -> pa.Schema:
     """``table``'s schema with the ARROW:FLIGHT:SQL:* column metadata the spec defines, which
     JDBC's getColumns and ADBC's get_objects turn into type names, precision and flags."""
@@ -522,8 +537,17 @@ def annotated_schema(table: TableInfo) -> pa.Schema:
         if pa.types.is_decimal(f.type):
             metadata["ARROW:FLIGHT:SQL:PRECISION"] = str(f.type.precision)
             metadata["ARROW:FLIGHT:SQL:SCALE"] = str(f.type.scale)
+        if table.column_descriptions.get(f.name):
+            metadata[REMARKS] = table.column_descriptions[f.name]  # JDBC getColumns' REMARKS
         fields.append(f.with_metadata({**(f.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}))
-    return pa.schema(fields, metadata=table.arrow_schema.metadata)
+    # GetTables has no column for a table's remarks; the product description travels with its
+    # schema under the same key, for clients that look (DESCRIBE and information_schema.tables
+    # show it too).
+    schema_metadata = {**(table.arrow_schema.metadata or {})}
+    if table.description:
+        schema_metadata[REMARKS.encode()] = table.description.encode()
+    return pa.schema(fields, metadata=schema_metadata or None)
+
 
 
 @dataclass(frozen=True)
@@ -535,9 +559,61 @@ class _Metadata:
     answer: Callable[[Service, Any], pa.Table]
 
 
-def _no_keys(message: type[Message], schema: pa.Schema) -> _Metadata:
-    """Keys are not modelled yet: a correctly shaped empty answer keeps BI tools going."""
-    return _Metadata(message, lambda _: schema, lambda _s, _c: schema.empty_table())
+def _primary_keys(service: Service, command: pb.CommandGetPrimaryKeys) -> pa.Table:
+    keys = service.primary_keys(TableFilter(_optional(command, "catalog"), _optional(command, "db_schema"), command.table))
+    rows = [
+        {
+            "catalog_name": k.table.catalog,
+            "db_schema_name": k.table.schema,
+            "table_name": k.table.table,
+            "column_name": k.column,
+            "key_sequence": k.sequence,
+            "key_name": k.name,
+        }
+        for k in keys
+    ]
+    return pa.Table.from_pylist(rows, schema=PRIMARY_KEYS_SCHEMA)
+
+
+def _foreign_keys_table(keys: Iterable[ForeignKey]) -> pa.Table:
+    """Every key is a single column (``references``); the gateway is read-only, so no actions."""
+    rows = [
+        {
+            "pk_catalog_name": k.primary.catalog,
+            "pk_db_schema_name": k.primary.schema,
+            "pk_table_name": k.primary.table,
+            "pk_column_name": k.primary_column,
+            "fk_catalog_name": k.foreign.catalog,
+            "fk_db_schema_name": k.foreign.schema,
+            "fk_table_name": k.foreign.table,
+            "fk_column_name": k.foreign_column,
+            "key_sequence": 1,
+            "fk_key_name": k.name,
+            "pk_key_name": k.primary_key_name,
+            "update_rule": pb.NO_ACTION,
+            "delete_rule": pb.NO_ACTION,
+        }
+        for k in keys
+    ]
+    return pa.Table.from_pylist(rows, schema=FOREIGN_KEYS_SCHEMA)
+
+
+def _imported_keys(service: Service, command: pb.CommandGetImportedKeys) -> pa.Table:
+    keys = service.foreign_keys(foreign=TableFilter(_optional(command, "catalog"), _optional(command, "db_schema"), command.table))
+    # the spec orders imported keys by the referenced table
+    keys.sort(key=lambda k: (k.primary.catalog, k.primary.schema, k.primary.table, k.primary_key_name or "", k.name))
+    return _foreign_keys_table(keys)
+
+
+def _exported_keys(service: Service, command: pb.CommandGetExportedKeys) -> pa.Table:
+    filter_ = TableFilter(_optional(command, "catalog"), _optional(command, "db_schema"), command.table)
+    return _foreign_keys_table(service.foreign_keys(primary=filter_))
+
+
+def _cross_reference(service: Service, command: pb.CommandGetCrossReference) -> pa.Table:
+    primary = TableFilter(_optional(command, "pk_catalog"), _optional(command, "pk_db_schema"), command.pk_table)
+    foreign = TableFilter(_optional(command, "fk_catalog"), _optional(command, "fk_db_schema"), command.fk_table)
+    return _foreign_keys_table(service.foreign_keys(primary=primary, foreign=foreign))
 
 
 _METADATA: dict[str, _Metadata] = {
@@ -561,21 +637,29 @@ _METADATA: dict[str, _Metadata] = {
         lambda _: TABLE_TYPES_SCHEMA,
         lambda s, _: pa.table({"table_type": sorted(s.table_types())}, schema=TABLE_TYPES_SCHEMA),
     ),
-    "CommandGetPrimaryKeys": _no_keys(pb.CommandGetPrimaryKeys, PRIMARY_KEYS_SCHEMA),
-    "CommandGetImportedKeys": _no_keys(pb.CommandGetImportedKeys, FOREIGN_KEYS_SCHEMA),
-    "CommandGetExportedKeys": _no_keys(pb.CommandGetExportedKeys, FOREIGN_KEYS_SCHEMA),
-    "CommandGetCrossReference": _no_keys(pb.CommandGetCrossReference, FOREIGN_KEYS_SCHEMA),
+    "CommandGetPrimaryKeys": _Metadata(pb.CommandGetPrimaryKeys, lambda _: PRIMARY_KEYS_SCHEMA, _primary_keys),
+    "CommandGetImportedKeys": _Metadata(pb.CommandGetImportedKeys, lambda _: FOREIGN_KEYS_SCHEMA, _imported_keys),
+    "CommandGetExportedKeys": _Metadata(pb.CommandGetExportedKeys, lambda _: FOREIGN_KEYS_SCHEMA, _exported_keys),
+    "CommandGetCrossReference": _Metadata(pb.CommandGetCrossReference, lambda _: FOREIGN_KEYS_SCHEMA, _cross_reference),
 }
 
 
 # --- the server -------------------------------------------------------------------------------
+
+_SESSION_ACTIONS: dict[str, type[Message]] = {
+    "SetSessionOptions": pb.SetSessionOptionsRequest,
+    "GetSessionOptions": pb.GetSessionOptionsRequest,
+    "CloseSession": pb.CloseSessionRequest,
+}
 
 _ACTIONS = [
     ("CreatePreparedStatement", "Prepare a SQL query; the result carries its handle, result and parameter schemas."),
     ("ClosePreparedStatement", "Release a prepared statement's handle."),
     ("CancelFlightInfo", "Cancel the running query of a FlightInfo."),
     ("CancelQuery", "Cancel the running query of a FlightInfo (deprecated form of CancelFlightInfo)."),
-    ("CloseSession", "End the session; the gateway keeps no session state, so this always succeeds."),
+    ("SetSessionOptions", "Set session options: catalog (mesh), schema (default domain), max_staleness."),
+    ("GetSessionOptions", "The session's options."),
+    ("CloseSession", "End the session and forget its options."),
 ]
 
 
@@ -587,10 +671,11 @@ def anonymous(context: flight.ServerCallContext) -> Principal:
 class MeshFlightServer(flight.FlightServerBase):
     """A Flight SQL endpoint over a ``GatewayService``.
 
-    ``principal_for`` names the caller of a request; authentication plugs in by passing an
-    ``auth_handler``/``middleware`` (forwarded to pyarrow through ``kwargs``) and a
-    ``principal_for`` that reads the identity the middleware established.  The server listens
-    as soon as it is constructed; ``port`` is the bound port (useful with port 0).
+    With an ``authenticator`` every call must authenticate (``gateway/flight/auth.py``) and runs
+    as that principal; without one, ``principal_for`` names the caller (``anonymous`` by
+    default: ``--insecure-no-auth``).  Other ``kwargs`` go to pyarrow (TLS: ``TlsFiles``).
+    The server listens as soon as it is constructed; ``port`` is the bound port (useful with
+    port 0).
     """
 
     def __init__(
@@ -598,13 +683,22 @@ class MeshFlightServer(flight.FlightServerBase):
         location: str,
         service: Service,
         principal_for: Callable[[flight.ServerCallContext], Principal] = anonymous,
+        *,
+        authenticator: Authenticator | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(location, **kwargs)
+        middleware = {**kwargs.pop("middleware", {}), sessions.MIDDLEWARE_KEY: sessions.SessionMiddlewareFactory()}
+        if authenticator is not None:
+            middleware[auth.MIDDLEWARE_KEY] = auth.AuthMiddlewareFactory(authenticator)
+            kwargs["auth_handler"] = auth.HandshakeAcceptor()
+            principal_for = auth.authenticated_principal
+        super().__init__(location, middleware=middleware, **kwargs)
         self.service = service
         self._principal_for = principal_for
         self._prepared = _PreparedStatements()
         self._running = _RunningQueries()
+        self._sessions = sessions.Sessions()
+        self._option_checks = sessions.option_checks(self._is_domain)
 
     # --- GetFlightInfo / GetSchema / DoGet ----------------------------------------------------
 
@@ -626,7 +720,7 @@ class MeshFlightServer(flight.FlightServerBase):
         if command.name == "CommandStatementQuery":
             statement = command.parse(pb.CommandStatementQuery)
             _refuse_transaction(statement)
-            query = self.service.prepare(statement.query, self._principal_for(context))
+            query = self.service.prepare(statement.query, self._principal_for(context), client=context.peer())
             return query.result_schema, StatementHandle(query.sql, query.result_schema).ticket()
         if command.name == "CommandPreparedStatementQuery":
             handle = command.parse(pb.CommandPreparedStatementQuery).prepared_statement_handle
@@ -654,7 +748,8 @@ class MeshFlightServer(flight.FlightServerBase):
         self._running.add(ticket, cancellation)
         try:
             reader = self.service.execute(
-                handle.sql, self._principal_for(context), handle.parameter_values(), is_cancelled=cancellation
+                handle.sql, self._principal_for(context), handle.parameter_values(), is_cancelled=cancellation,
+                client=context.peer(),
             )
         except BaseException:
             self._running.end(ticket, cancellation)
@@ -711,15 +806,35 @@ class MeshFlightServer(flight.FlightServerBase):
             return [flight.Result(self._cancel(_parse_raw(pb.ActionCancelQueryRequest, body, action.type)).SerializeToString())]
         if action.type == "CancelQuery":
             return [flight.Result(pack(self._cancel(_Command.decode(body).parse(pb.ActionCancelQueryRequest))))]
-        if action.type == "CloseSession":
-            return [flight.Result(pb.CloseSessionResult(status=pb.CloseSessionResult.CLOSED).SerializeToString())]
+        if action.type in _SESSION_ACTIONS:  # Flight's own actions: raw protobuf both ways
+            request = _parse_raw(_SESSION_ACTIONS[action.type], body, action.type)
+            return [flight.Result(self._session_action(context, request).SerializeToString())]
         raise _unsupported(action.type, "DoAction")
+
+    def _session_action(self, context: flight.ServerCallContext, request: Message) -> Message:
+        """SetSessionOptions creates the session the call's cookie names (gateway/flight/
+        sessions.py).  GetSessionOptions of a session that does not exist answers the defaults
+        rather than NOT_FOUND: clients hold offered ids of sessions never created, and ADBC
+        fails its current-catalog lookups on NOT_FOUND.  Closing is idempotent."""
+        owner = self._principal_for(context).name
+        cookie = sessions.session_cookie(context)
+        if isinstance(request, pb.SetSessionOptionsRequest):
+            if cookie.session_id is None:  # every DoAction has a presented or offered id
+                raise MeshError("no session id on a DoAction")
+            return sessions.set_options(self._sessions.find_or_create(cookie.session_id, owner), request, self._option_checks)
+        if isinstance(request, pb.GetSessionOptionsRequest):
+            return sessions.get_options(self._sessions.find(cookie.session_id, owner))
+        self._sessions.close(cookie.session_id, owner)
+        return pb.CloseSessionResult(status=pb.CloseSessionResult.CLOSED)
+
+    def _is_domain(self, name: str) -> bool:
+        return any(schema == name for _, schema in self.service.list_schemas(None, None))
 
     def _create_prepared_statement(self, context: flight.ServerCallContext, body: bytes) -> pb.ActionCreatePreparedStatementResult:
         request = _Command.decode(body).parse(pb.ActionCreatePreparedStatementRequest)
         _refuse_transaction(request)
         principal = self._principal_for(context)
-        query = self.service.prepare(request.query, principal)
+        query = self.service.prepare(request.query, principal, client=context.peer())
         handle = self._prepared.add(_PreparedStatement(query, principal))
         return pb.ActionCreatePreparedStatementResult(
             prepared_statement_handle=handle,
@@ -738,6 +853,35 @@ class MeshFlightServer(flight.FlightServerBase):
         return pb.ActionCancelQueryResult(result=pb.ActionCancelQueryResult.CANCEL_RESULT_NOT_CANCELLABLE)  # finished
 
 
-def serve(service: Service, host: str = "127.0.0.1", port: int = 32010, **kwargs: Any) -> MeshFlightServer:
-    """Start a Flight SQL server for ``service`` on ``host:port`` (0 picks a free port)."""
-    return MeshFlightServer(f"grpc://{host}:{port}", service, **kwargs)
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for TLS: the server's certificate (chain) and key, and for mutual TLS the CA
+    that every client certificate must chain to (a client without one is refused)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def server_options(self) -> dict[str, Any]:
+        """The pyarrow server options that turn TLS (and client verification) on."""
+        return {
+            "tls_certificates": [(self.cert.read_bytes(), self.key.read_bytes())],
+            "verify_client": self.client_ca is not None,
+            "root_certificates": self.client_ca.read_bytes() if self.client_ca else None,
+        }
+
+
+def serve(
+    service: Service,
+    host: str = "127.0.0.1",
+    port: int = 32010,
+    *,
+    authenticator: Authenticator | None = None,
+    tls: TlsFiles | None = None,
+) -> MeshFlightServer:
+    """Start a Flight SQL server for ``service`` on ``host:port`` (0 picks a free port):
+    ``grpc+tls://`` with ``tls``, else plaintext ``grpc://``."""
+    scheme = "grpc+tls" if tls else "grpc"
+    return MeshFlightServer(
+        f"{scheme}://{host}:{port}", service, authenticator=authenticator, **(tls.server_options() if tls else {})
+    )
