@@ -268,3 +268,19 @@ def test_every_query_is_audited_allowed_or_denied(governed: str) -> None:
     assert done["rows"] == answered and done["status"] == "ok"
     denied = next(r for r in reversed(lines) if r.get("query", "").startswith("SELECT * FROM shipping.carriers"))
     assert denied["decision"]["allowed"] is False and denied["status"] == "denied" and "deny-carriers" in json.dumps(denied)
+
+
+def test_plans_are_never_shared_between_principals_whose_filters_differ_only_in_a_value(
+    governed: str, live_mesh: LiveMesh
+) -> None:
+    """Plans (and the row-filter literals inside them) are cached per principal: alice in DE and
+    bob in FR running the same text get their own rows, from the same service, in either order."""
+    service = _SERVICE["service"]
+    sql = "SELECT country, count(*) AS n FROM customers.customers GROUP BY country"
+    bob = Principal("bob", frozenset({"analyst"}), {"region": "FR", "only_succeeded": True})
+    for principal, country in ((ALICE, "DE"), (bob, "FR"), (ALICE, "DE"), (bob, "FR")):
+        rows = service.execute(sql, principal).read_all().to_pylist()  # type: ignore[attr-defined]
+        _, _, expected = oracle_answer(
+            live_mesh.oracle_uri, f"SELECT country, count(*) FROM customers.customers WHERE country = '{country}' GROUP BY country"
+        )
+        assert [(r["country"], r["n"]) for r in rows] == [tuple(e) for e in expected]
