@@ -28,7 +28,7 @@ import yaml
 from adbc_driver_manager import AdbcStatusCode
 from prometheus_client import REGISTRY
 
-from gateway.auth import FAILED, RATE_LIMITED, REQUIRED, Authenticator, FailureLimiter, TokenIssuer
+from gateway.auth import FAILED, RATE_LIMITED, REQUIRED, AuthenticationFailed, Authenticator, FailureLimiter, TokenIssuer
 from gateway.flight.server import MeshFlightServer
 from gateway.service import GatewayService
 from gateway.users import SCRYPT_N, UsersFile, add_user, hash_password, load_users, parse_attribute, write_users
@@ -234,7 +234,7 @@ def test_wrong_password_and_unknown_user_get_the_same_answer(gateway: Gateway) -
 def test_unknown_user_costs_what_a_wrong_password_costs(gateway: Gateway) -> None:
     def login_seconds(user: str) -> float:
         started = time.perf_counter()
-        with pytest.raises(Exception):
+        with pytest.raises(AuthenticationFailed):
             gateway.authenticator.login("Basic " + base64.b64encode(f"{user}:wrong".encode()).decode())
         return time.perf_counter() - started
 
@@ -375,7 +375,7 @@ def test_failure_limiter_window() -> None:
         limiter.check("k")
         limiter.record("k")
         clock.now += 1
-    with pytest.raises(Exception, match=RATE_LIMITED):
+    with pytest.raises(AuthenticationFailed, match=RATE_LIMITED):
         limiter.check("k")
     clock.now += 8  # the first failure (t=0) leaves the 10 s window at t=10
     limiter.check("k")

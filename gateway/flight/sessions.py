@@ -27,7 +27,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import pyarrow.flight as flight
 from cachetools import TTLCache
@@ -42,7 +42,7 @@ MIDDLEWARE_KEY = "session"
 _IDLE_SECONDS = 24 * 3600.0
 _MAX_SESSIONS = 100_000
 
-OptionValue = Union[str, bool, int, float, list[str]]
+OptionValue = str | bool | int | float | list[str]
 
 
 @dataclass
@@ -138,7 +138,7 @@ def _decode(value: pb.SessionOptionValue) -> OptionValue | None:
     return getattr(value, kind)  # type: ignore[no-any-return]
 
 
-def encode(value: OptionValue) -> pb.SessionOptionValue:
+def _encode(value: OptionValue) -> pb.SessionOptionValue:
     if isinstance(value, list):
         return pb.SessionOptionValue(string_list_value=pb.SessionOptionValue.StringListValue(values=value))
     if isinstance(value, bool):  # before int: bool is an int
@@ -188,7 +188,7 @@ def set_options(
 def get_options(session: Session | None) -> pb.GetSessionOptionsResult:
     """The session's options; ``catalog`` is always there, as it cannot be anything but mesh."""
     options: dict[str, OptionValue] = {"catalog": CATALOG, **(session.options if session else {})}
-    return pb.GetSessionOptionsResult(session_options={name: encode(value) for name, value in options.items()})
+    return pb.GetSessionOptionsResult(session_options={name: _encode(value) for name, value in options.items()})
 
 
 def session_cookie(context: flight.ServerCallContext) -> SessionCookie:
