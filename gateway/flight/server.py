@@ -521,7 +521,8 @@ REMARKS = "ARROW:FLIGHT:SQL:REMARKS"
 
 def annotated_schema(table: TableInfo) -> pa.Schema:
     """``table``'s schema with the ARROW:FLIGHT:SQL:* column metadata the spec defines, which
-    JDBC's getColumns and ADBC's get_objects turn into type names, precision and flags."""
+    JDBC's getColumns and ADBC's get_objects turn into type names, precision, flags and (from
+    the contract's column descriptions) remarks."""
     fields = []
     for f in table.arrow_schema:
         metadata = {
@@ -547,7 +548,6 @@ def annotated_schema(table: TableInfo) -> pa.Schema:
     if table.description:
         schema_metadata[REMARKS.encode()] = table.description.encode()
     return pa.schema(fields, metadata=schema_metadata or None)
-
 
 
 @dataclass(frozen=True)
