@@ -23,7 +23,7 @@ from gateway.contract_keys import ForeignKey, KeyColumn, TableFilter, foreign_ke
 from gateway.descriptor import Descriptor
 from gateway.engine import MIN_PROBE_RATIO, Engine, QueryControl, conform_schema
 from gateway.audit import AuditLog
-from gateway.errors import MeshError, QueryCancelled, ResourceExhausted, ShuttingDown
+from gateway.errors import MeshError, NotFound, QueryCancelled, ResourceExhausted, ShuttingDown
 from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.planner import Plan, PlanContext, bind, parse_statement, plan_statement
 from gateway.planner.bind import BoundFragment
@@ -32,6 +32,7 @@ from gateway.registry import Catalog, Registry
 from gateway.sources import SourceManager
 from gateway.system_tables import listed_relations, system_table
 from policies import Principal
+from policies.decision import ColumnMask, Decision, RowFilter
 from policies.engine import PolicyEngine
 
 
@@ -75,6 +76,104 @@ class _Planned:
     plan: Plan
     schema: pa.Schema
     estimates: dict[str, int | None]  # rows per fragment, for dynamic filtering
+
+
+@dataclass(frozen=True)
+class ProductDecision:
+    """Governance of one product version for one principal and action, with the SQL each
+    transformation becomes (PostgreSQL dialect, row-filter values bound as literals)."""
+
+    product: Descriptor
+    action: str
+    decision: Decision
+    masks: tuple[tuple[ColumnMask, str], ...] = ()  # (mask, SQL of the masked column)
+    row_filters: tuple[tuple[RowFilter, str], ...] = ()  # (filter, predicate with bound values)
+    group_sizes: Mapping[str, int] = field(default_factory=dict)  # aggregate policy id -> its size
+    mask_policies: frozenset[str] = frozenset()  # ids of mask rules (some lose to a stricter one)
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+    def report(self, columns: Sequence[str] | None = None) -> dict[str, Any]:
+        """The decision as JSON-ready data (the REST API's and ``meshgate policy check``'s shape):
+        ``decision``, ``product``, ``reasons``, ``policies_applied`` (each policy with its own
+        decision: allow / deny / transform / superseded, its reason or transformations),
+        ``transformations`` (masks, row filters with bound values, min_group_size) and, per
+        column, whether it is visible or masked. ``columns`` limits masks to those columns."""
+        d, decision = self.product, self.decision
+        wanted = None if columns is None else set(columns)
+        masks = [
+            {"column": m.column, "mask": m.kind, "policy_id": m.policy, "sql": sql}
+            | ({"expression": m.expression} if m.expression else {})
+            for m, sql in self.masks
+            if wanted is None or m.column in wanted
+        ]
+        filters = [
+            {"filter": f.sql, "bound_values": dict(f.bindings), "policy_id": f.policy, "sql": sql}
+            for f, sql in self.row_filters
+        ]
+        applied: list[dict[str, Any]] = []
+        unmatched = list(decision.reasons)
+        effect = "allow" if decision.allowed else "deny"
+        for policy in decision.policies:
+            entry: dict[str, Any] = {"policy_id": policy}
+            reason = next((r for r in unmatched if r == policy or r.startswith(policy + ":") or r.startswith(policy + " ")), None)
+            transformations = [
+                {"action": "mask", "column": m["column"], "mask": m["mask"], "sql": m["sql"]} for m in masks if m["policy_id"] == policy
+            ] + [
+                {"action": "row_filter", "filter": f["filter"], "bound_values": f["bound_values"], "sql": f["sql"]}
+                for f in filters if f["policy_id"] == policy
+            ]
+            if decision.allowed and policy in self.group_sizes and decision.min_group_size:
+                transformations.append({"action": "min_group_size", "min_group_size": self.group_sizes[policy]})
+            if reason is not None:
+                unmatched.remove(reason)
+                entry |= {"decision": effect, "reason": reason.removeprefix(policy).removeprefix(":").strip() or reason}
+            elif transformations:
+                entry |= {"decision": "transform", "transformations": transformations}
+            elif policy in self.mask_policies:
+                if any(m.policy == policy for m, _ in self.masks):
+                    continue  # it masks only columns not asked about
+                entry |= {"decision": "superseded", "reason": "a stricter mask from another policy applies to the same column"}
+            else:
+                entry |= {"decision": effect}
+            applied.append(entry)
+        applied += [{"policy_id": None, "decision": effect, "reason": r} for r in unmatched]
+        masked = {m.column: m.kind for m, _ in self.masks}
+        shown = [c.name for c in d.columns if wanted is None or c.name in wanted]
+        return {
+            "decision": effect,
+            "action": self.action,
+            "product": {"id": d.product_id, "version": d.version, "domain": d.domain, "tags": list(d.tags)},
+            "reasons": list(decision.reasons),
+            "policies_applied": applied,
+            "transformations": {
+                "masks": [{k: v for k, v in m.items()} for m in masks],
+                "row_filters": filters,
+                "min_group_size": decision.min_group_size,
+            },
+            "columns": [
+                {"name": c, "access": ("denied" if not decision.allowed else "masked" if c in masked else "visible")}
+                | ({"mask": masked[c]} if decision.allowed and c in masked else {})
+                for c in shown
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """A statement as governance rewrites it, without running it: the decision for every
+    product it reads and, when all are allowed, the governed SQL (each product a masked,
+    filtered sub-select; aggregates over small-group products with their ``HAVING``)."""
+
+    sql: str
+    products: tuple[ProductDecision, ...]
+    governed_sql: str | None  # None when a product is denied
+
+    @property
+    def allowed(self) -> bool:
+        return all(p.allowed for p in self.products)
 
 
 EXPLAIN_SCHEMA = pa.schema([("step", pa.string()), ("source", pa.string()), ("products", pa.string()), ("sql", pa.string())])
@@ -160,6 +259,77 @@ class GatewayService:
             slot.release()
             reader.close()
             self.audit.complete(record, rows=rows, status=status, error=error, durable=False)
+
+    # --- governance, without running anything ----------------------------------------------
+
+    def evaluate(self, principal: Principal, product: str, action: str = "read") -> ProductDecision:
+        """What governance decides for ``principal`` doing ``action`` on ``product``
+        (``domain.name``, or ``domain.name@MAJOR`` for a pinned major); NotFound if unknown."""
+        domain, dot, name = product.partition(".")
+        if not dot or not domain or not name:
+            raise NotFound(f"'{product}' is not a product id: write domain.product")
+        descriptor = self.registry.catalog().resolve(domain.lower(), name)
+        self.policies.reload_if_changed(min_interval=1.0)
+        return self._product_decision(descriptor, action, self.policies.decide(principal, descriptor, action))
+
+    def rewrite(self, sql: str, principal: Principal) -> Rewrite:
+        """The governed form of ``sql`` for ``principal`` (no source is contacted, nothing is
+        audited): the planner's rules up to and including aggregate protection, with product
+        placeholders named again as ``domain.product``. Raises InvalidQuery/NotFound for bad SQL."""
+        from gateway.planner.optimizer import RULES
+        from gateway.planner.protect_aggregates import protect_aggregates
+        from gateway.planner.resolve_products import resolve_products
+
+        catalog = self.registry.catalog()
+        self.policies.reload_if_changed(min_interval=1.0)
+        statement = parse_statement(sql)
+        if statement.subject is not None:
+            catalog.resolve(statement.subject.db, statement.subject.name)
+        system_names: list[str] = []
+
+        def system(name: str) -> pa.Table | None:
+            system_names.append(name)
+            return system_table(catalog, name)
+
+        ctx = PlanContext(catalog, lambda _descriptor: None, system, lambda d: self.policies.decide(principal, d))  # type: ignore[arg-type,return-value]
+        expression: exp.Expression = statement.expression.copy()
+        rules = RULES[: RULES.index(protect_aggregates) + 1]
+        at = rules.index(resolve_products) + 1
+        for rule in rules[:at]:
+            expression = rule(expression, ctx)
+        decisions: dict[str, ProductDecision] = {}
+        for binding in ctx.bindings.values():
+            d = binding.descriptor
+            if d is not None and f"{d.product_id}@{d.version}" not in decisions:
+                decisions[f"{d.product_id}@{d.version}"] = self._product_decision(d, "read", self.policies.decide(principal, d))
+        products = tuple(decisions.values())
+        if not all(p.allowed for p in products):
+            return Rewrite(sql, products, None)
+        for rule in rules[at:]:
+            expression = rule(expression, ctx)
+        _name_products(expression, ctx, catalog, iter(system_names))
+        governed = expression.sql("postgres", pretty=True)
+        if statement.kind == "explain":
+            governed = "EXPLAIN " + governed
+        return Rewrite(sql, products, governed)
+
+    def _product_decision(self, descriptor: Descriptor, action: str, decision: Decision) -> ProductDecision:
+        from gateway.planner.apply_policies import _predicate, mask_expression
+
+        columns = {c.name: c for c in descriptor.columns}
+        masks = tuple(
+            (m, mask_expression(exp.column(m.column, quoted=True), columns[m.column], m).sql("postgres"))
+            for m in decision.masks
+            if m.column in columns
+        )
+        filters = tuple((f, _predicate(f).sql("postgres")) for f in decision.row_filters)
+        rules = self.policies.policy_set
+        sizes = {r.id: r.min_group_size for r in rules.aggregates}
+        own = (descriptor.raw.get("spec", {}).get("policies") or {}).get("min_group_size")
+        if own is not None:
+            sizes[f"{descriptor.product_id}@{descriptor.version}#min_group_size"] = int(own)
+        mask_ids = frozenset(r.id for r in rules.masks) | frozenset(p for p in decision.policies if "#masks[" in p)
+        return ProductDecision(descriptor, action, decision, masks, filters, sizes, mask_ids)
 
     def explain(self, sql: str, principal: Principal) -> pa.Table:
         planned = self._planned(sql, principal)
@@ -398,6 +568,26 @@ class _Admission:
             while self.running and time.monotonic() < deadline:
                 self._cond.wait(timeout=0.1)
             return self.running == 0
+
+
+def _name_products(expression: exp.Expression, ctx: PlanContext, catalog: Catalog, system_names: Iterator[str]) -> None:
+    """Give the planner's placeholder tables (``__p0``) their product names back, in place."""
+    names: dict[str, tuple[str, str]] = {}  # placeholder -> (schema, table)
+    for placeholder, binding in ctx.bindings.items():
+        d = binding.descriptor
+        if d is None:
+            names[placeholder] = ("information_schema", next(system_names, placeholder))
+        else:
+            newest = catalog.versions.get(d.product_id, (d,))[0]
+            names[placeholder] = (d.domain, d.name if newest.major == d.major else f"{d.name}@{d.major}")
+    for table in list(expression.find_all(exp.Table)):
+        if table.name in names and not table.db:
+            schema, name = names[table.name]
+            table.set("this", exp.to_identifier(name, quoted=True))
+            table.set("db", exp.to_identifier(schema, quoted=True))
+    for identifier in list(expression.find_all(exp.Identifier)):
+        if identifier.name in names and not isinstance(identifier.parent, exp.Table):
+            identifier.set("this", names[identifier.name][1].split("@")[0])
 
 
 def _versions(plan: Plan) -> list[tuple[str, str]]:
