@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gateway import __version__
@@ -249,15 +250,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls = _tls(args)
         authenticator = _authenticator(args.users, args.token_ttl) if args.users is not None else None
     except (UsersFileError, ValueError) as err:
-        stderr.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        stderr.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
         return 2
     if authenticator is None:
         stderr.print("[yellow]WARNING: authentication is OFF (--insecure-no-auth): every caller is 'anonymous' with role 'public'[/yellow]")
     else:
         stderr.print(
-            f"authentication on: {len(authenticator.users)} users from {args.users} (re-read when it changes); "
+            f"authentication on: {len(authenticator.users)} users from {escape(str(args.users))} (re-read when it changes); "
             f"tokens valid for {args.token_ttl:g} s"
         )
+        if tls is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+            stderr.print("[yellow]WARNING: no --tls-cert: passwords and tokens cross the network in clear text[/yellow]")
     registry = _registry(args.registry)
     if args.products:
         for product_id, version, state in register_paths(registry, args.products):
@@ -375,7 +378,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     try:
         created = add_user(args.users, args.name, password, args.role, dict(args.attr))
     except UsersFileError as err:
-        stderr.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        stderr.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
         return 2
     stdout.print(f"{'added' if created else 'updated'} user {args.name} (roles: {', '.join(args.role)}) in {args.users}", highlight=False)
     return 0
