@@ -1,7 +1,9 @@
 """The ``meshgate`` command: serve the mesh, run the demo, query, register products, add users.
 
 Exit codes: 0 success, 1 a query or server failure, 2 bad input (usage, invalid descriptor,
-invalid SQL) with a message on stderr saying what was wrong and where.
+invalid SQL) with a message on stderr saying what was wrong and where. ``meshgate policy check``:
+0 allowed, 1 denied, 2 bad input; ``meshgate policy test``: 0 every case passed, 1 a case failed,
+2 bad input.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ stderr = Console(stderr=True)
 stdout = Console()
 
 DEFAULT_PORT = 32010
+DEFAULT_HTTP_PORT = 8080
 
 
 def meshgate_home() -> Path:
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(serve)
     serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"Flight SQL port (default {DEFAULT_PORT})")
+    serve.add_argument("--http-host", default=None, help="address the REST API binds (default: --host)")
     serve.add_argument("--products", type=Path, action="append", default=[], help="register descriptors from this file or folder first (repeatable)")
     serve.add_argument("--insecure-no-auth", action="store_true", help="serve without authentication: every caller is 'anonymous'")
     serve.add_argument("--users", type=Path, help="users file: turns authentication on (write it with `meshgate user add`); re-read when it changes")
@@ -92,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     listing = product.add_parser("list", help="list registered products and versions")
     listing.add_argument("--registry", type=Path, default=None)
 
+    policy = commands.add_parser("policy", help="check and test governance without a server").add_subparsers(dest="action", required=True)
+    check = policy.add_parser("check", help="print each product's decision and the governed query, without running it (exit 0 allowed, 1 denied, 2 bad input)")
+    check.add_argument("--user", required=True, help="the principal: a user of --users, or 'anonymous'")
+    check.add_argument("--query", required=True, help="the statement (PostgreSQL dialect)")
+    check.add_argument("--format", choices=("text", "json"), default="text")
+    _add_policy_options(check)
+    check.add_argument("--role", action="append", default=[], help="without --users: a role of --user (repeatable)")
+    check.add_argument("--attr", action="append", default=[], type=_attribute, metavar="KEY=VALUE",
+                       help="without --users: an attribute of --user (repeatable)")
+    cases = policy.add_parser("test", help="run YAML policy test cases against the registry's sources (exit 0 all passed, 1 a case failed, 2 bad input)")
+    cases.add_argument("path", type=Path, help="a case file, or a folder searched for *.yaml case files")
+    _add_policy_options(cases)
+    cases.add_argument("--audit-log", type=Path, default=None, help="audit log for the queries the cases run (default: audit.log beside the registry)")
+
     user = commands.add_parser("user", help="manage a users file").add_subparsers(dest="action", required=True)
     add = user.add_parser("add", help="add a user, or replace one, with a salted password hash")
     add.add_argument("name", help="the user name clients log in with")
@@ -112,7 +130,25 @@ def _attribute(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _add_policy_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--users", type=Path, default=None, help="users file the principals are looked up in")
+    parser.add_argument("--registry", type=Path, default=None, help="registry file (default $MESHGATE_HOME/registry.db)")
+    parser.add_argument("--policies", type=Path, default=None, help="policy directory (default: the packaged policies)")
+
+
+def _http_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0 turns the REST API off)")
+    return port
+
+
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--http-port", type=_http_port, default=None,
+                        help=f"REST API port (default {DEFAULT_HTTP_PORT}, skipped with a warning if taken; 0: no REST API)")
     parser.add_argument("--registry", type=Path, default=None, help="registry file (default $MESHGATE_HOME/registry.db)")
     parser.add_argument("--query-timeout", type=float, default=300.0, help="seconds before a query is cancelled (default 300)")
     parser.add_argument("--memory-limit", type=parse_size, default=default_memory_limit(), help="per-query memory limit (default: a quarter of RAM)")
@@ -138,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "user" and args.action == "add":
             return cmd_user_add(args)
+        if args.command == "policy" and args.action == "check":
+            return cmd_policy_check(args)
+        if args.command == "policy" and args.action == "test":
+            return cmd_policy_test(args)
     except InvalidDescriptor as err:
         _print_descriptor_errors([err])
         return 2
@@ -265,7 +305,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.products:
         for product_id, version, state in register_paths(registry, args.products):
             stderr.print(f"{state:>10}  {product_id} {version}")
-    return _serve(_service(args, registry), args.host, args.port, args.grace_period, authenticator=authenticator, tls=tls)
+    http = (args.http_host or args.host, args.http_port)
+    return _serve(_service(args, registry), args.host, args.port, args.grace_period, authenticator=authenticator, tls=tls, http=http)
 
 
 def _authenticator(users_file: Path, token_ttl: float):  # noqa: ANN202 - keeps --help fast
@@ -291,12 +332,19 @@ def _tls(args: argparse.Namespace):  # noqa: ANN202
     return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
-def _serve(service, host: str, port: int, grace_period: float, banner: str = "", authenticator=None, tls=None) -> int:  # noqa: ANN001
+def _serve(service, host: str, port: int, grace_period: float, banner: str = "", authenticator=None, tls=None,  # noqa: ANN001
+           http: tuple[str, int | None] | None = None) -> int:
     from gateway.flight.server import serve
 
+    rest = _start_http(service, authenticator, *http) if http is not None else None
+    if rest is False:
+        service.close()
+        return 2
     server = serve(service, host, port, authenticator=authenticator, tls=tls)
     scheme = "grpc+tls" if tls else "grpc"
     stderr.print(f"meshgate {__version__} serving Flight SQL on {scheme}://{host}:{server.port}")
+    if rest:
+        stderr.print(f"REST API on {rest.url} (POST /api/v1/policy/evaluate, GET /healthz)")
     if banner:
         stdout.print(banner, soft_wrap=True, highlight=False)  # SQL must stay copy-pasteable
     stop = threading.Event()
@@ -310,10 +358,32 @@ def _serve(service, host: str, port: int, grace_period: float, banner: str = "",
     # Clients close their statements right after the last batch: give those calls a moment.
     time.sleep(max(0.0, min(1.0, grace_period - (time.monotonic() - started))))
     threading.Thread(target=server.shutdown, daemon=True).start()  # waits for in-flight calls
+    if rest:
+        rest.stop(timeout=5.0)
     time.sleep(0.2)
     service.close()
     stderr.print("stopped")
     return 0
+
+
+def _start_http(service, authenticator, host: str, port: int | None):  # noqa: ANN001, ANN202
+    """The REST API server, None when turned off (port 0) or when the default port is taken
+    (with a warning), False when an explicitly given port cannot be bound (after saying why).
+    It shares the Flight server's authenticator, so Flight bearer tokens work on it too."""
+    if port == 0:
+        return None
+    from gateway.rest import create_app, serve_http
+
+    try:
+        return serve_http(create_app(service, authenticator), host, DEFAULT_HTTP_PORT if port is None else port)
+    except OSError as err:
+        if port is None:
+            stderr.print(f"[yellow]warning:[/yellow] REST API not started: {host}:{DEFAULT_HTTP_PORT} is not available "
+                         f"({err.strerror or err}); give --http-port PORT, or --http-port 0 to turn it off")
+            return None
+        stderr.print(f"[red]error:[/red] cannot serve the REST API on {host}:{port}: {err.strerror or err} "
+                     "(choose another --http-port, or 0 to turn it off)", highlight=False)
+        return False
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -333,7 +403,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     authenticator = _authenticator(accounts.users_file, 3600.0)
     banner = _demo_banner(args.port, mesh, accounts)
-    return _serve(_service(args, registry), "127.0.0.1", args.port, args.grace_period, banner, authenticator=authenticator)
+    return _serve(_service(args, registry), "127.0.0.1", args.port, args.grace_period, banner, authenticator=authenticator,
+                  http=("127.0.0.1", args.http_port))
 
 
 def _demo_banner(port: int, mesh, accounts) -> str:  # noqa: ANN001
@@ -364,6 +435,156 @@ Example cross-domain queries:
 {examples}
 
 Press Ctrl-C to stop."""
+
+
+# --- policies --------------------------------------------------------------------------------
+
+
+def _offline_service(args: argparse.Namespace, audit_log: Path | None):  # noqa: ANN202
+    """A GatewayService over the registry and policies of the flags, with no server; it audits
+    to ``audit_log`` (default: audit.log beside the registry)."""
+    from gateway.audit import AuditLog
+    from gateway.service import GatewayService
+    from policies.engine import PolicyEngine
+
+    registry = _registry(args.registry)
+    policies = PolicyEngine.load(args.policies)
+    return GatewayService(registry, policies=policies, audit=AuditLog(audit_log or registry.path.parent / "audit.log"))
+
+
+def _users_lookup(users_file: Path | None):  # noqa: ANN202
+    """name -> Principal | None from the users file; None without one. Raises UsersFileError."""
+    if users_file is None:
+        return None
+    from gateway.users import UsersFile
+
+    users = UsersFile(users_file)
+    return lambda name: (user.principal() if (user := users.get(name)) is not None else None)
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from gateway.users import UsersFileError
+    from policies import ANONYMOUS, Principal
+
+    try:
+        lookup = _users_lookup(args.users)
+    except UsersFileError as err:
+        stderr.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        return 2
+    if lookup is not None:
+        if args.role or args.attr:
+            stderr.print("[red]error:[/red] --role/--attr describe a principal without --users; with --users the file says")
+            return 2
+        principal = lookup(args.user)
+        if principal is None:
+            stderr.print(f"[red]error:[/red] no user '{args.user}' in {args.users}", highlight=False)
+            return 2
+    elif args.role or args.attr:
+        principal = Principal(args.user, frozenset(args.role), dict(args.attr))
+    elif args.user == ANONYMOUS.name:
+        principal = ANONYMOUS
+    else:
+        stderr.print(f"[red]error:[/red] who is '{args.user}'? give --users FILE, or describe the principal with --role/--attr",
+                     highlight=False)
+        return 2
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="meshgate-policy-") as scratch:  # nothing runs, nothing to audit
+        service = _offline_service(args, Path(scratch) / "audit.log")
+        try:
+            rewrite = service.rewrite(args.query, principal)
+        finally:
+            service.close()
+    if args.format == "json":
+        document = {
+            "decision": "allow" if rewrite.allowed else "deny",
+            "principal": {"name": principal.name, "roles": sorted(principal.roles), "attributes": dict(principal.attributes)},
+            "query": rewrite.sql,
+            "products": [p.report() for p in rewrite.products],
+            "governed_query": rewrite.governed_sql,
+        }
+        sys.stdout.write(json.dumps(document, indent=2, default=str, ensure_ascii=False) + "\n")
+        return 0 if rewrite.allowed else 1
+    roles = ", ".join(sorted(principal.roles)) or "none"
+    attributes = ", ".join(f"{k}={v}" for k, v in principal.attributes.items()) or "none"
+    stdout.print(f"principal {principal.name} (roles: {roles}; attributes: {attributes})", highlight=False, markup=False)
+    if not rewrite.products:
+        stdout.print("the query reads no data product", highlight=False)
+    for p in rewrite.products:
+        verdict = "[green]allow[/green]" if p.allowed else "[red]deny[/red]"
+        stdout.print(f"{_escape(p.product.product_id)}@{_escape(p.product.version)}: {verdict}", highlight=False)
+        lines = [f"  reason  {reason}" for reason in p.decision.reasons]
+        lines += [f"  mask    {m.column}: {m.kind} ({m.policy})" for m, _ in p.masks]
+        lines += [f"  filter  {sql} ({f.policy})" for f, sql in p.row_filters]
+        if p.decision.min_group_size:
+            lines.append(f"  groups  aggregates keep groups of at least {p.decision.min_group_size} rows")
+        for line in lines:
+            stdout.print(line, markup=False, highlight=False, soft_wrap=True)
+    if rewrite.allowed:
+        stdout.print("decision: [green]allow[/green]\ngoverned query:")
+        stdout.print(rewrite.governed_sql, soft_wrap=True, highlight=False, markup=False)
+        return 0
+    denied = [p.product.product_id for p in rewrite.products if not p.allowed]
+    stdout.print(f"decision: [red]deny[/red] ({', '.join(denied)}); the query would be refused with PERMISSION_DENIED",
+                 highlight=False, soft_wrap=True)
+    return 1
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from gateway.policy_cases import CaseFileError, load_cases, principal_of, run_case
+    from gateway.users import UsersFileError
+
+    try:
+        lookup = _users_lookup(args.users)
+        cases = load_cases(args.path)
+        principals = [principal_of(c.principal, lookup, c.where) for c in cases]
+    except (CaseFileError, UsersFileError) as err:
+        stderr.print("[red]error:[/red] invalid policy test cases:", markup=True)
+        stderr.print(str(err), markup=False, highlight=False, soft_wrap=True)
+        return 2
+    service = _offline_service(args, args.audit_log)
+    try:
+        outcomes = [run_case(service, case, principal) for case, principal in zip(cases, principals)]
+    finally:
+        service.close()
+    table = Table("result", "case", "principal", "expected", "got")
+    for column in table.columns:
+        column.overflow = "fold"
+    for outcome in outcomes:
+        expected = _expected_summary(outcome.case.expect)
+        table.add_row(
+            "[green]PASS[/green]" if outcome.passed else "[red]FAIL[/red]",
+            _escape(outcome.case.name),
+            _escape(outcome.principal), _escape(expected), _escape(outcome.got),
+        )
+    stdout.print(table)
+    failed = [o for o in outcomes if not o.passed]
+    for outcome in failed:
+        stdout.print(f"[red]FAIL[/red] {_escape(outcome.case.where)} {_escape(outcome.case.name)}:")
+        for problem in outcome.problems:
+            stdout.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
+    stdout.print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed", highlight=False)
+    return 1 if failed else 0
+
+
+def _expected_summary(expect: dict) -> str:
+    parts = []
+    if "decision" in expect:
+        parts.append(str(expect["decision"]))
+    if "rows" in expect:
+        parts.append(f"{len(expect['rows'])} row{'s' if len(expect['rows']) != 1 else ''}{' in order' if expect.get('ordered') else ''}")
+    if "row_count" in expect:
+        parts.append(f"{expect['row_count']} row{'s' if expect['row_count'] != 1 else ''}")
+    policies = expect.get("contains_policy")
+    if policies:
+        parts += [f"policy {p}" for p in ([policies] if isinstance(policies, str) else policies)]
+    return ", ".join(parts)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 # --- users -----------------------------------------------------------------------------------
