@@ -336,13 +336,14 @@ def _serve(service, host: str, port: int, grace_period: float, banner: str = "",
            http: tuple[str, int | None] | None = None) -> int:
     from gateway.flight.server import serve
 
-    rest = _start_http(service, authenticator, *http) if http is not None else None
-    if rest is False:
-        service.close()
-        return 2
     server = serve(service, host, port, authenticator=authenticator, tls=tls)
     scheme = "grpc+tls" if tls else "grpc"
     stderr.print(f"meshgate {__version__} serving Flight SQL on {scheme}://{host}:{server.port}")
+    rest = _start_http(service, authenticator, *http) if http is not None else None
+    if rest is False:
+        server.shutdown()
+        service.close()
+        return 2
     if rest:
         stderr.print(f"REST API on {rest.url} (POST /api/v1/policy/evaluate, GET /healthz)")
     if banner:
