@@ -336,6 +336,10 @@ def _serve(service, host: str, port: int, grace_period: float, banner: str = "",
            http: tuple[str, int | None] | None = None) -> int:
     from gateway.flight.server import serve
 
+    # Handlers first: a SIGTERM during start-up (the REST API takes a moment) must drain, not kill.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     server = serve(service, host, port, authenticator=authenticator, tls=tls)
     scheme = "grpc+tls" if tls else "grpc"
     stderr.print(f"meshgate {__version__} serving Flight SQL on {scheme}://{host}:{server.port}")
@@ -348,9 +352,6 @@ def _serve(service, host: str, port: int, grace_period: float, banner: str = "",
         stderr.print(f"REST API on {rest.url} (POST /api/v1/policy/evaluate, GET /healthz)")
     if banner:
         stdout.print(banner, soft_wrap=True, highlight=False)  # SQL must stay copy-pasteable
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     stderr.print(f"shutting down: no new queries; running ones get up to {grace_period:g} s")
     started = time.monotonic()
