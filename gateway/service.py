@@ -202,9 +202,12 @@ class GatewayService:
 
     # --- queries ----------------------------------------------------------------------------
 
-    def prepare(self, sql: str, principal: Principal, client: str | None = None) -> PreparedQuery:
-        """Parse and plan ``sql``; raises ``gateway.errors.MeshError`` subclasses (audited)."""
-        planned = self._planned_or_audit(sql, principal, client)
+    def prepare(
+        self, sql: str, principal: Principal, client: str | None = None, default_schema: str | None = None
+    ) -> PreparedQuery:
+        """Parse and plan ``sql``; raises ``gateway.errors.MeshError`` subclasses (audited).
+        ``default_schema`` is the domain unqualified product names resolve in (a session option)."""
+        planned = self._planned_or_audit(sql, principal, client, default_schema)
         parameters = pa.schema([pa.field(f"${i + 1}", t) for i, t in enumerate(planned.plan.parameter_types)])
         handle = hashlib.sha256(sql.encode()).hexdigest()[:32]
         return PreparedQuery(handle, sql, planned.schema, parameters)
@@ -216,6 +219,7 @@ class GatewayService:
         parameters: Sequence[Any] = (),
         is_cancelled: Callable[[], bool] | None = None,
         client: str | None = None,
+        default_schema: str | None = None,
     ) -> pa.RecordBatchReader:
         """Run a statement and stream its result (batches of at most a few MiB).
 
@@ -223,7 +227,7 @@ class GatewayService:
         before its first batch is returned (durably), completed with its row count at the end.
         """
         sql = query.sql if isinstance(query, PreparedQuery) else query
-        planned = self._planned_or_audit(sql, principal, client)
+        planned = self._planned_or_audit(sql, principal, client, default_schema)
         if planned.kind == "explain":
             return self._explain(planned.plan, parameters).to_reader()
         control = QueryControl(
@@ -355,17 +359,19 @@ class GatewayService:
         columns = list(zip(*rows))
         return pa.table([pa.array(list(c), pa.string()) for c in columns], schema=EXPLAIN_SCHEMA)
 
-    def _planned_or_audit(self, sql: str, principal: Principal, client: str | None) -> _Planned:
+    def _planned_or_audit(
+        self, sql: str, principal: Principal, client: str | None, default_schema: str | None = None
+    ) -> _Planned:
         """Plan ``sql``; a refusal or failure is audited before it reaches the client."""
         try:
-            return self._planned(sql, principal)
+            return self._planned(sql, principal, default_schema)
         except MeshError as err:
             denied = err.status == "PERMISSION_DENIED"
             self.audit.begin(principal, sql, client=client, allowed=not denied, reasons=[err.message] if denied else None,
                              status="denied" if denied else "error", error=err.message)
             raise
 
-    def _planned(self, sql: str, principal: Principal) -> _Planned:
+    def _planned(self, sql: str, principal: Principal, default_schema: str | None = None) -> _Planned:
         """The cached plan for ``sql`` at the current registry generation, or a new one.
 
         Plans embed the principal's governance (masks, row-filter values), so the principal's
@@ -373,7 +379,7 @@ class GatewayService:
         """
         catalog = self.registry.catalog()
         self.policies.reload_if_changed(min_interval=1.0)
-        key = (sql, catalog.generation, self.policies.generation, principal.name, tuple(sorted(principal.roles)),
+        key = (sql, default_schema, catalog.generation, self.policies.generation, principal.name, tuple(sorted(principal.roles)),
                tuple(sorted((k, repr(v)) for k, v in principal.attributes.items())))
         with self._plans_lock:
             cached = self._plans.get(key)
@@ -388,6 +394,7 @@ class GatewayService:
             self.sources.connector_for,
             lambda name: system_table(catalog, name),
             lambda descriptor: self.policies.decide(principal, descriptor),
+            default_schema=default_schema,
         )
         plan = plan_statement(sql, statement, ctx)
         schema = EXPLAIN_SCHEMA if statement.kind == "explain" else self._result_schema(plan)

@@ -144,7 +144,13 @@ def test_session_options_through_adbc(live_mesh: LiveMesh) -> None:
             conn.adbc_connection.get_option(SESSION_OPTION + "max_staleness")
         with conn.cursor() as cur:  # queries still run in a session
             cur.execute("SELECT count(*) AS n FROM orders.orders")
-            assert cur.fetch_arrow_table().column("n")[0].as_py() > 0
+            qualified = cur.fetch_arrow_table().column("n")[0].as_py()
+            assert qualified > 0
+            cur.execute("SELECT count(*) AS n FROM orders")  # the session's schema resolves it
+            assert cur.fetch_arrow_table().column("n")[0].as_py() == qualified
+            conn.adbc_current_db_schema = "customers"
+            cur.execute("SELECT count(*) AS n FROM segments")
+            assert cur.fetch_arrow_table().column("n")[0].as_py() == 5
     with flightsql.connect(live_mesh.uri, db_kwargs=WITH_COOKIES, autocommit=True) as other:
         with pytest.raises(flightsql.Error, match="current schema"):
             other.adbc_current_db_schema  # another connection, another session  # noqa: B018

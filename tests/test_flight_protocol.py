@@ -97,7 +97,9 @@ class FakeService:
 
     executions: list[Execution] = field(default_factory=list)
 
-    def prepare(self, sql: str, principal: Principal, client: str | None = None) -> PreparedQuery:
+    def prepare(
+        self, sql: str, principal: Principal, client: str | None = None, default_schema: str | None = None
+    ) -> PreparedQuery:
         if sql.startswith("FAIL "):
             raise _failing(sql.removeprefix("FAIL "))(f'cannot run "{sql}": as requested')
         if sql == "CRASH":
@@ -112,6 +114,7 @@ class FakeService:
         parameters: Sequence[Any] = (),
         is_cancelled: Callable[[], bool] | None = None,
         client: str | None = None,
+        default_schema: str | None = None,
     ) -> pa.RecordBatchReader:
         sql = query.sql if isinstance(query, PreparedQuery) else query
         self.executions.append(Execution(sql, principal, tuple(parameters), is_cancelled))

@@ -88,7 +88,9 @@ M = TypeVar("M", bound=Message)
 class Service(Protocol):
     """What the protocol layer needs of ``gateway.service.GatewayService``, and nothing more."""
 
-    def prepare(self, sql: str, principal: Principal, client: str | None = None) -> PreparedQuery: ...
+    def prepare(
+        self, sql: str, principal: Principal, client: str | None = None, default_schema: str | None = None
+    ) -> PreparedQuery: ...
 
     def execute(
         self,
@@ -97,6 +99,7 @@ class Service(Protocol):
         parameters: Sequence[Any] = (),
         is_cancelled: Callable[[], bool] | None = None,
         client: str | None = None,
+        default_schema: str | None = None,
     ) -> pa.RecordBatchReader: ...
 
     def list_catalogs(self) -> list[str]: ...
@@ -720,7 +723,10 @@ class MeshFlightServer(flight.FlightServerBase):
         if command.name == "CommandStatementQuery":
             statement = command.parse(pb.CommandStatementQuery)
             _refuse_transaction(statement)
-            query = self.service.prepare(statement.query, self._principal_for(context), client=context.peer())
+            principal = self._principal_for(context)
+            query = self.service.prepare(
+                statement.query, principal, client=context.peer(), default_schema=self._default_schema(context, principal)
+            )
             return query.result_schema, StatementHandle(query.sql, query.result_schema).ticket()
         if command.name == "CommandPreparedStatementQuery":
             handle = command.parse(pb.CommandPreparedStatementQuery).prepared_statement_handle
@@ -747,9 +753,10 @@ class MeshFlightServer(flight.FlightServerBase):
         cancellation = _Cancellation(context)
         self._running.add(ticket, cancellation)
         try:
+            principal = self._principal_for(context)
             reader = self.service.execute(
-                handle.sql, self._principal_for(context), handle.parameter_values(), is_cancelled=cancellation,
-                client=context.peer(),
+                handle.sql, principal, handle.parameter_values(), is_cancelled=cancellation,
+                client=context.peer(), default_schema=self._default_schema(context, principal),
             )
         except BaseException:
             self._running.end(ticket, cancellation)
@@ -827,6 +834,12 @@ class MeshFlightServer(flight.FlightServerBase):
         self._sessions.close(cookie.session_id, owner)
         return pb.CloseSessionResult(status=pb.CloseSessionResult.CLOSED)
 
+    def _default_schema(self, context: flight.ServerCallContext, principal: Principal) -> str | None:
+        """The session's ``schema`` option: the domain unqualified product names resolve in."""
+        session = self._sessions.find(sessions.session_cookie(context).session_id, principal.name)
+        schema = session.options.get("schema") if session else None
+        return schema if isinstance(schema, str) else None
+
     def _is_domain(self, name: str) -> bool:
         return any(schema == name for _, schema in self.service.list_schemas(None, None))
 
@@ -834,7 +847,9 @@ class MeshFlightServer(flight.FlightServerBase):
         request = _Command.decode(body).parse(pb.ActionCreatePreparedStatementRequest)
         _refuse_transaction(request)
         principal = self._principal_for(context)
-        query = self.service.prepare(request.query, principal, client=context.peer())
+        query = self.service.prepare(
+            request.query, principal, client=context.peer(), default_schema=self._default_schema(context, principal)
+        )
         handle = self._prepared.add(_PreparedStatement(query, principal))
         return pb.ActionCreatePreparedStatementResult(
             prepared_statement_handle=handle,

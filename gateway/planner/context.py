@@ -22,6 +22,7 @@ class PlanContext:
     connector_for: Callable[[Descriptor], Connector]
     system_table: Callable[[str], pa.Table | None]  # information_schema.<name> -> rows, or None
     decide: Callable[[Descriptor], Decision]  # governance for the querying principal
+    default_schema: str | None = None  # the domain unqualified product names resolve in
     bindings: dict[str, Binding] = field(default_factory=dict)
     fragments: list[Fragment] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)

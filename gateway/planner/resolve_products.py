@@ -31,6 +31,9 @@ def _bind(table: exp.Table, ctx: PlanContext) -> Binding:
     name = f"__p{len(ctx.bindings)}"
     if table.catalog and table.catalog.lower() != CATALOG:
         raise NotFound(f"unknown catalog '{table.catalog}' in '{table.sql('postgres')}': the only catalog is '{CATALOG}'")
+    if not table.db and ctx.default_schema:  # the session's schema option
+        descriptor = ctx.catalog.resolve(ctx.default_schema, _folded(table.this))
+        return Binding(name, descriptor, ctx.connector_for(descriptor))
     if not table.db:
         matches = [d.product_id for d in ctx.catalog.products() if d.name == table.name]
         hint = f"; did you mean {', '.join(matches)}?" if matches else ""
