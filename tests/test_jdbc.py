@@ -433,7 +433,8 @@ def test_columns_follow_the_contract(jdbc: Probe) -> None:
         amount = rows[4]
         assert (amount["COLUMN_SIZE"], amount["DECIMAL_DIGITS"]) == (12, 2)
         if not any(r["REMARKS"] for r in rows):
-            result.note("getColumns REMARKS are empty: the server sends no column comments")
+            result.note("getColumns/getTables REMARKS are empty: the driver does not read the "
+                        "ARROW:FLIGHT:SQL:REMARKS the server sends (see the pyarrow.flight row)")
         one_column = rows_of(jdbc.meta("getColumns", "mesh", "shipping", "shipments", "weight%"))
         assert [(r[3], r[4]) for r in one_column] == [("weight_kg", 8)]  # DOUBLE
 
