@@ -111,23 +111,38 @@ def test_query_errors_exit_2_with_the_message(live_mesh: LiveMesh) -> None:
 
 
 def test_running_gateway_sees_a_new_product_within_a_second(live_mesh: LiveMesh, tmp_path: Path) -> None:
-    source = next(live_mesh.mesh.products_dir.glob("customers/segments.yaml"))
-    doc = yaml.safe_load(source.read_text())
-    doc["metadata"]["name"] = "segments_copy"
-    doc["spec"]["source"]["uri"] = str((source.parent / doc["spec"]["source"]["uri"]).resolve())
-    (tmp_path / "copy.yaml").write_text(yaml.safe_dump(doc))
-    result = meshgate("product", "register", str(tmp_path / "copy.yaml"), "--registry", str(live_mesh.registry.path))
-    assert result.returncode == 0, result.stderr
-    registered = time.monotonic()
-    while True:
-        try:
-            with flightsql.connect(live_mesh.uri) as conn, conn.cursor() as cur:
-                cur.execute("SELECT count(*) AS n FROM customers.segments_copy")
-                assert cur.fetch_arrow_table().column("n")[0].as_py() == 5
-            break
-        except flightsql.Error:
-            assert time.monotonic() - registered < 1.0, "a registered product was not queryable within 1 s"
-            time.sleep(0.05)
+    """A gateway of its own over an empty registry (the shared live mesh stays as it is)."""
+    from gateway.registry import Registry
+    from tests.mesh import start_gateway
+
+    registry = Registry(tmp_path / "registry.db")
+    service, server, uri = start_gateway(registry)
+    try:
+        source = next(live_mesh.mesh.products_dir.glob("customers/segments.yaml"))
+        doc = yaml.safe_load(source.read_text())
+        doc["spec"]["source"]["uri"] = str((source.parent / doc["spec"]["source"]["uri"]).resolve())
+        (tmp_path / "segments.yaml").write_text(yaml.safe_dump(doc))
+        with pytest.raises(flightsql.Error, match="unknown data product"):
+            _count(uri, "customers.segments")
+        result = meshgate("product", "register", str(tmp_path / "segments.yaml"), "--registry", str(registry.path))
+        assert result.returncode == 0, result.stderr
+        registered = time.monotonic()
+        while True:
+            try:
+                assert _count(uri, "customers.segments") == 5
+                break
+            except flightsql.Error:
+                assert time.monotonic() - registered < 1.0, "a registered product was not queryable within 1 s"
+                time.sleep(0.05)
+    finally:
+        server.shutdown()
+        service.close()
+
+
+def _count(uri: str, product: str) -> int:
+    with flightsql.connect(uri) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) AS n FROM {product}")
+        return cur.fetch_arrow_table().column("n")[0].as_py()
 
 
 def test_repeated_and_prepared_statements_reuse_their_plan(live_mesh: LiveMesh) -> None:
