@@ -392,7 +392,7 @@ class GatewayService:
         ctx = PlanContext(
             catalog,
             self.sources.connector_for,
-            lambda name: system_table(catalog, name),
+            lambda name: system_table(catalog, name, self._visible(principal)),
             lambda descriptor: self.policies.decide(principal, descriptor),
             default_schema=default_schema,
         )
@@ -457,11 +457,27 @@ class GatewayService:
     def list_catalogs(self) -> list[str]:
         return [CATALOG]
 
-    def list_schemas(self, catalog: str | None, schema_pattern: str | None) -> list[tuple[str, str]]:
-        """(catalog, schema) pairs; patterns are SQL LIKE patterns (% and _)."""
+    def visible_to(self, principal: Principal) -> MetadataView:
+        """This service's metadata as ``principal`` may see it (products it may read)."""
+        return MetadataView(self, principal)
+
+    def _visible(self, principal: Principal | None) -> Callable[[Descriptor], bool]:
+        if principal is None:
+            return lambda descriptor: True
+        return lambda descriptor: self.policies.decide(principal, descriptor).allowed
+
+    def list_schemas(
+        self, catalog: str | None, schema_pattern: str | None, principal: Principal | None = None
+    ) -> list[tuple[str, str]]:
+        """(catalog, schema) pairs; patterns are SQL LIKE patterns (% and _). With a principal,
+        only domains with a product it may read."""
         if catalog not in (None, "", CATALOG):
             return []
-        domains = [*self.registry.catalog().domains(), SYSTEM_SCHEMA]
+        snapshot = self.registry.catalog()
+        if principal is None:
+            domains = [*snapshot.domains(), SYSTEM_SCHEMA]
+        else:
+            domains = sorted({d for d, _, _ in listed_relations(snapshot, self._visible(principal))}) + [SYSTEM_SCHEMA]
         return [(CATALOG, d) for d in domains if _like(d, schema_pattern)]
 
     def list_tables(
@@ -470,10 +486,13 @@ class GatewayService:
         schema_pattern: str | None,
         table_pattern: str | None,
         table_types: Sequence[str] = (),
+        principal: Principal | None = None,
     ) -> list[TableInfo]:
+        """Relations matching the patterns; with a principal, only products it may read."""
         if catalog not in (None, "", CATALOG):
             return []
         snapshot = self.registry.catalog()
+        visible = self._visible(principal)
         infos = [
             TableInfo(
                 CATALOG,
@@ -484,12 +503,12 @@ class GatewayService:
                 d.description,
                 {c.name: c.description for c in d.columns if c.description},
             )
-            for domain, name, d in listed_relations(snapshot)
+            for domain, name, d in listed_relations(snapshot, visible)
         ]
         infos += [
             TableInfo(CATALOG, SYSTEM_SCHEMA, name, "SYSTEM TABLE", table.schema, f"information_schema.{name}")
             for name in ("schemata", "tables", "columns")
-            if (table := system_table(snapshot, name)) is not None
+            if (table := system_table(snapshot, name, visible)) is not None
         ]
         wanted = {t.upper() for t in table_types}
         return [
@@ -520,6 +539,26 @@ class GatewayService:
         self.engine.close()
         self.sources.close()
         self.audit.close()
+
+
+class MetadataView:
+    """A service's metadata use cases bound to one principal, for the protocol layers' listings
+    (GetDbSchemas, GetTables): a principal is shown only the products it may read."""
+
+    def __init__(self, service: GatewayService, principal: Principal) -> None:
+        self._service = service
+        self._principal = principal
+
+    def list_schemas(self, catalog: str | None, schema_pattern: str | None) -> list[tuple[str, str]]:
+        return self._service.list_schemas(catalog, schema_pattern, self._principal)
+
+    def list_tables(
+        self, catalog: str | None, schema_pattern: str | None, table_pattern: str | None, table_types: Sequence[str] = ()
+    ) -> list[TableInfo]:
+        return self._service.list_tables(catalog, schema_pattern, table_pattern, table_types, self._principal)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._service, name)  # the other calls answer about one named table or the server
 
 
 class _Slot:

@@ -7,6 +7,8 @@ newest major) and ``name@MAJOR``.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pyarrow as pa
 
 from gateway.descriptor import Descriptor
@@ -14,10 +16,20 @@ from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.registry import Catalog
 
 
-def listed_relations(catalog: Catalog) -> list[tuple[str, str, Descriptor]]:
+Visible = Callable[[Descriptor], bool]
+"""Whether the asking principal may read a product: metadata lists only those (policy-filtered)."""
+
+
+def _everything(descriptor: Descriptor) -> bool:
+    return True
+
+
+def listed_relations(catalog: Catalog, visible: Visible = _everything) -> list[tuple[str, str, Descriptor]]:
     """(domain, table name, descriptor) for every name a client may query."""
     relations: list[tuple[str, str, Descriptor]] = []
     for product in catalog.products():
+        if not visible(product):
+            continue
         relations.append((product.domain, product.name, product))
         majors = catalog.majors(product.product_id)
         for major in majors:
@@ -25,11 +37,11 @@ def listed_relations(catalog: Catalog) -> list[tuple[str, str, Descriptor]]:
     return relations
 
 
-def system_table(catalog: Catalog, name: str) -> pa.Table | None:
+def system_table(catalog: Catalog, name: str, visible: Visible = _everything) -> pa.Table | None:
     if name == "schemata":
-        schemas = [*catalog.domains(), SYSTEM_SCHEMA]
+        schemas = sorted({domain for domain, _, _ in listed_relations(catalog, visible)}) + [SYSTEM_SCHEMA]
         return pa.table({"catalog_name": [CATALOG] * len(schemas), "schema_name": schemas})
-    relations = listed_relations(catalog)
+    relations = listed_relations(catalog, visible)
     if name == "tables":
         return pa.table(
             {

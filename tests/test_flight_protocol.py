@@ -150,6 +150,9 @@ class FakeService:
                 yield pa.record_batch([pa.array([n]), pa.array(["tick"])], schema=schema)
                 time.sleep(0.02)
 
+    def visible_to(self, principal: Principal) -> "FakeService":
+        return self
+
     def list_catalogs(self) -> list[str]:
         return ["mesh"]
 

@@ -284,3 +284,18 @@ def test_plans_are_never_shared_between_principals_whose_filters_differ_only_in_
             live_mesh.oracle_uri, f"SELECT country, count(*) FROM customers.customers WHERE country = '{country}' GROUP BY country"
         )
         assert [(r["country"], r["n"]) for r in rows] == [tuple(e) for e in expected]
+
+
+def test_metadata_lists_only_what_the_principal_may_read(governed: str, live_mesh: LiveMesh) -> None:
+    """Carriers are denied to every caller of the governed gateway: SHOW TABLES,
+    information_schema and Flight SQL GetTables do not list them; others are listed."""
+    with flightsql.connect(governed) as conn, conn.cursor() as cur:
+        cur.execute("SHOW TABLES")
+        shown = {(r["table_schema"], r["table_name"]) for r in cur.fetch_arrow_table().to_pylist()}
+        cur.execute("SELECT table_name FROM information_schema.columns WHERE table_schema = 'shipping'")
+        columns_of = {r["table_name"] for r in cur.fetch_arrow_table().to_pylist()}
+        objects = conn.adbc_get_objects(depth="tables", db_schema_filter="shipping").read_all().to_pylist()
+    listed = {t["table_name"] for s in objects[0]["catalog_db_schemas"] for t in s["db_schema_tables"]}
+    assert ("shipping", "shipments") in shown and ("shipping", "carriers") not in shown
+    assert "carriers" not in columns_of and "shipments" in columns_of
+    assert "carriers" not in listed and "shipments" in listed

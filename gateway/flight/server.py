@@ -104,6 +104,10 @@ class Service(Protocol):
 
     def list_catalogs(self) -> list[str]: ...
 
+    def visible_to(self, principal: Principal) -> Any:
+        """The metadata calls as ``principal`` may see them (only products it may read)."""
+        ...
+
     def list_schemas(self, catalog: str | None, schema_pattern: str | None) -> list[tuple[str, str]]: ...
 
     def list_tables(
@@ -745,7 +749,8 @@ class MeshFlightServer(flight.FlightServerBase):
             return self._run(context, ticket.ticket, handle)
         if command.name in _METADATA:
             metadata = _METADATA[command.name]
-            return flight.RecordBatchStream(metadata.answer(self.service, command.parse(metadata.message)))
+            view = self.service.visible_to(self._principal_for(context))  # lists what the caller may read
+            return flight.RecordBatchStream(metadata.answer(view, command.parse(metadata.message)))
         raise _unsupported(command.name, "DoGet")
 
     def _run(self, context: flight.ServerCallContext, ticket: bytes, handle: StatementHandle) -> flight.FlightDataStream:
