@@ -319,12 +319,15 @@ def test_prepared_statements_bind_every_type_exactly(jdbc: Probe, live_mesh: Liv
 def test_timestamptz_parameter(jdbc: Probe, live_mesh: LiveMesh) -> None:
     sql = "SELECT o.order_id, o.order_ts FROM orders.orders o WHERE o.order_ts = ? ORDER BY 1"
     value = _first(live_mesh.oracle_uri, "SELECT order_ts FROM orders.orders ORDER BY order_id DESC LIMIT 1")
-    with check(CLIENT, jdbc.version, "PreparedStatement.setTimestamp on a timestamptz parameter"):
+    with check(CLIENT, jdbc.version, "PreparedStatement.setTimestamp on a timestamptz parameter") as result:
         jdbc.prepare("ts", sql)
         try:
             answer = jdbc.execute("ts", ("timestamptz", value))
         finally:
             jdbc.ok("close", "ts")
+        if not answer["rows"]:
+            result.note("setTimestamp sends epoch milliseconds into the server's microsecond parameter, so the "
+                        "gateway receives a time in January 1970 (driver bug apache/arrow-java#838)")
         assert_same_rows(oracle_answer(live_mesh.oracle_uri, sql, (value,))[2], rows_of(answer), f"timestamptz {value}")
 
 
@@ -370,8 +373,8 @@ def test_timestamps_keep_their_instant_in_another_jvm_time_zone(jdbc: Probe, gat
     sql = "SELECT order_id, order_ts FROM orders.orders ORDER BY order_id LIMIT 50"
     expected = oracle_answer(live_mesh.oracle_uri, sql)[2]
     java_time = _timestamptz_type(jdbc) == "TIMESTAMP_WITH_TIMEZONE"  # 18.3.0 and later: getObject(OffsetDateTime)
-    feature = ("timestamptz read in a JVM whose zone is not UTC (Asia/Kolkata): "
-               + ("getObject(OffsetDateTime.class) and " if java_time else "") + "getString() give the exact instant")
+    feature = ("timestamptz read in a JVM whose zone is not UTC (Asia/Kolkata): the exact instant from getString()"
+               + (" and getObject(OffsetDateTime.class)" if java_time else ""))
     with check(CLIENT, jdbc.version, feature) as result:
         probe = Probe(jdbc.version, jdbc_url(gateway_port), timezone="Asia/Kolkata")
         try:
@@ -387,8 +390,9 @@ def test_timestamps_keep_their_instant_in_another_jvm_time_zone(jdbc: Probe, gat
             result.note("no getObject(OffsetDateTime.class) before 18.3.0 (ClassCastException)")
         shifted = {python_value(c) - t for c, t in zip(cells, utc)}
         if shifted != {dt.timedelta(0)}:
-            result.note(f"getTimestamp() in a non-UTC JVM is off by {sorted(shifted)[0]} (twice the zone's offset; "
-                        "driver, see apache/arrow-java#878): use getObject(OffsetDateTime.class) or a UTC JVM")
+            hours = sorted(shifted)[0].total_seconds() / 3600
+            result.note(f"getTimestamp() in a non-UTC JVM is off by {hours:+g} h, twice the zone's offset (driver; see "
+                        "apache/arrow-java#878): use getObject(OffsetDateTime.class) (18.3.0) or a UTC JVM")
 
 
 # --- DatabaseMetaData -------------------------------------------------------------------------
@@ -408,16 +412,16 @@ def test_catalogs_schemas_tables_and_table_types(jdbc: Probe, live_mesh: LiveMes
         tables = jdbc.meta("getTables", None, None, "%", None)
         assert column_names(tables)[:5] == ["TABLE_CAT", "TABLE_SCHEM", "TABLE_NAME", "TABLE_TYPE", "REMARKS"]
         listed = {(row[1], row[2]) for row in rows_of(tables)}
-        assert len(products) == 7 and products <= listed, products - listed
+        assert len(products) >= 7 and products <= listed, products - listed  # other tests may add products
         only_orders = rows_of(jdbc.meta("getTables", "mesh", "orders", "%", ["TABLE"]))
-        assert {row[2] for row in only_orders} == {"orders", "order_items", "orders@1", "order_items@1"}  # + pinned majors
+        assert {"orders", "order_items", "orders@1", "order_items@1"} <= {row[2] for row in only_orders}  # + pinned majors
         assert {row[3] for row in only_orders} == {"TABLE"}
         assert rows_of(jdbc.meta("getTables", "mesh", "orders", "ord_rs", None))[0][2] == "orders"  # _ matches one
 
 
 def test_columns_follow_the_contract(jdbc: Probe) -> None:
     with check(CLIENT, jdbc.version, "DatabaseMetaData.getColumns: names, JDBC types, sizes, scale, nullability, "
-               "positions") as result:
+               "positions, remarks") as result:
         columns = jdbc.meta("getColumns", "mesh", "orders", "orders", "%")
         names = column_names(columns)
         rows = [dict(zip(names, row)) for row in rows_of(columns)]
@@ -432,9 +436,13 @@ def test_columns_follow_the_contract(jdbc: Probe) -> None:
         ], got
         amount = rows[4]
         assert (amount["COLUMN_SIZE"], amount["DECIMAL_DIGITS"]) == (12, 2)
-        if not any(r["REMARKS"] for r in rows):
-            result.note("getColumns/getTables REMARKS are empty: the driver does not read the "
-                        "ARROW:FLIGHT:SQL:REMARKS the server sends (see the pyarrow.flight row)")
+        remarks = {r["COLUMN_NAME"]: r["REMARKS"] for r in rows}
+        if _timestamptz_type(jdbc) == "TIMESTAMP_WITH_TIMEZONE":  # 18.3.0 reads ARROW:FLIGHT:SQL:REMARKS
+            assert remarks["order_id"] == "Order number" and remarks["order_ts"] == "When the order was placed", remarks
+        else:
+            result.note("getColumns REMARKS are empty: drivers before 18.3.0 ignore the column descriptions the "
+                        "server sends (ARROW:FLIGHT:SQL:REMARKS)")
+        result.note("getTables REMARKS are always empty: Flight SQL's GetTables has no column for them")
         one_column = rows_of(jdbc.meta("getColumns", "mesh", "shipping", "shipments", "weight%"))
         assert [(r[3], r[4]) for r in one_column] == [("weight_kg", 8)]  # DOUBLE
 
