@@ -482,8 +482,9 @@ def test_type_info(jdbc: Probe) -> None:
             assert {-5, 4, 8, 3, 12, 16, 91, 93} <= types, types
 
 
-# What DBeaver reads from DatabaseMetaData and Connection when it connects (its
-# JDBCDataSourceInfo and JDBCExecutionContext), with the answer this server should give.
+# What a SQL tool reads from DatabaseMetaData and Connection when it connects, modelled on
+# DBeaver's generic JDBC data source (identifier quoting and case, terms, supports*, transactions,
+# read-only), with the answer this server should give (None: any answer, but no exception).
 DBEAVER_CONNECT_CALLS: dict[str, Any] = {
     "getDatabaseProductName": "meshgate",
     "getDriverName": "Arrow Flight SQL JDBC Driver Core",
