@@ -153,6 +153,10 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query-timeout", type=float, default=300.0, help="seconds before a query is cancelled (default 300)")
     parser.add_argument("--memory-limit", type=parse_size, default=default_memory_limit(), help="per-query memory limit (default: a quarter of RAM)")
     parser.add_argument("--max-concurrent-queries", type=int, default=8)
+    parser.add_argument("--cache-bytes", type=parse_size, default=None,
+                        help="result cache size, e.g. 2GiB (default: 1/16 of RAM; 0: no result cache)")
+    parser.add_argument("--cache-max-entry-bytes", type=parse_size, default=64 * 1024**2,
+                        help="results larger than this are not cached (default 64MiB)")
     parser.add_argument("--max-queued-queries", type=int, default=64)
     parser.add_argument("--grace-period", type=float, default=30.0, help="seconds running queries get to finish on SIGTERM")
     parser.add_argument("--policies", type=Path, default=None, help="policy directory: global/*.yaml, domains/<domain>/*.yaml (default: the packaged policies)")
@@ -265,6 +269,8 @@ def _service(args: argparse.Namespace, registry):  # noqa: ANN001, ANN202
         memory_limit=args.memory_limit,
         max_concurrent_queries=args.max_concurrent_queries,
         max_queued_queries=args.max_queued_queries,
+        cache_bytes=args.cache_bytes,
+        cache_max_entry_bytes=args.cache_max_entry_bytes,
     )
     from gateway.audit import AuditLog
     from policies.engine import PolicyEngine

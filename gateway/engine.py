@@ -22,6 +22,7 @@ from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
 from sqlglot import exp
 
 from connectors.base import Scan
+from gateway import metrics
 from gateway.errors import InvalidQuery, MeshError, QueryCancelled, QueryTimeout, ResourceExhausted, SourceUnavailable
 from gateway.planner.bind import BoundFragment, BoundPlan
 from gateway.planner.plan import RAW_TABLE, DynamicFilter
@@ -104,7 +105,7 @@ class Engine:
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
-                with naming_products(fragment):
+                with _measured(fragment), naming_products(fragment):
                     for batch in _read(scan, control):
                         yield from _slices(_rename_batch(conform(batch, fragment.expected), schema))
             finally:
@@ -124,22 +125,23 @@ class Engine:
         def fetch(fragment: BoundFragment, sql: str | None = None) -> pa.Table:
             if fragment.local_table is not None:
                 return fragment.local_table
-            scan = self._open(fragment, control, sql)
-            with lock:
-                scans.append(scan)
-            watchdog = _Watchdog(scan, control)
-            try:
-                with naming_products(fragment):
-                    schema = conform_schema(_source_schema(scan, control), fragment.expected)
-                    batches = []
-                    for batch in _read(scan, control):
-                        budget.take(batch.nbytes)
-                        batches.append(conform(batch, fragment.expected))
-                table = pa.Table.from_batches(batches, schema=schema)
-                return self._post_process(table, fragment.post_sql) if fragment.post_sql else table
-            finally:
-                watchdog.stop()
-                scan.close()
+            with _measured(fragment):
+                scan = self._open(fragment, control, sql)
+                with lock:
+                    scans.append(scan)
+                watchdog = _Watchdog(scan, control)
+                try:
+                    with naming_products(fragment):
+                        schema = conform_schema(_source_schema(scan, control), fragment.expected)
+                        batches = []
+                        for batch in _read(scan, control):
+                            budget.take(batch.nbytes)
+                            batches.append(conform(batch, fragment.expected))
+                    table = pa.Table.from_batches(batches, schema=schema)
+                finally:
+                    watchdog.stop()
+                    scan.close()
+            return self._post_process(table, fragment.post_sql) if fragment.post_sql else table
 
         by_name = {f.name: f for f in fragments}
         futures: dict[str, Future[pa.Table]] = {
@@ -306,6 +308,22 @@ class _MemoryBudget:
                     f"query needs more than the gateway's memory limit of {self.limit // (1024 * 1024)} MiB "
                     "(--memory-limit) for its source results; add filters or aggregate closer to the sources"
                 )
+
+
+@contextmanager
+def _measured(fragment: BoundFragment) -> Iterator[None]:
+    """``connector_fragment_seconds`` and ``connector_errors_total`` of one fragment's fetch
+    (a cancelled or timed-out fetch is not a source error)."""
+    kind = fragment.connector.kind if fragment.connector is not None else "local"
+    started = time.perf_counter()
+    try:
+        yield
+    except (QueryCancelled, QueryTimeout, ResourceExhausted, GeneratorExit):
+        raise
+    except BaseException:
+        metrics.CONNECTOR_ERRORS.labels(kind).inc()
+        raise
+    metrics.CONNECTOR_FRAGMENT_SECONDS.labels(kind).observe(time.perf_counter() - started)
 
 
 @contextmanager

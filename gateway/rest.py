@@ -7,6 +7,10 @@ the Flight SQL server, so later routes (catalog search, metrics) are added to th
 Routes:
 
 - ``GET /healthz``: ``{"status": "ok"}``, no authentication.
+- ``GET /readyz``: 200 when the registry is readable, the policies loaded without error and every
+  source answers a cheap probe (its first product, ``LIMIT 0``, within 2 s); 503 otherwise.
+  The body has each check and a ``sources`` list with per-source detail. No authentication.
+- ``GET /metrics``: Prometheus text format (``gateway/metrics.py``), no authentication.
 - ``POST /api/v1/policy/evaluate``: what governance decides for a principal, an action and a
   product (the seed design's request and response shape, ``README.md`` "Policy API and CLI").
 
@@ -33,7 +37,7 @@ from typing import Any, Mapping
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.auth import AuthenticationFailed, Authenticator
@@ -135,6 +139,17 @@ def create_app(service: Any, users: Authenticator | UsersFile | Path | str | Non
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        report = readiness(service)
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     @app.post("/api/v1/policy/evaluate")
     def evaluate(body: Any = Body(...), principal: Principal = Depends(caller)) -> JSONResponse:
         started = time.perf_counter()
@@ -154,6 +169,57 @@ def create_app(service: Any, users: Authenticator | UsersFile | Path | str | Non
         return JSONResponse(jsonable_encoder(report, custom_encoder={frozenset: sorted}))
 
     return app
+
+
+# --- readiness ----------------------------------------------------------------------------------
+
+
+def readiness(service: Any, timeout: float = 2.0) -> dict[str, Any]:
+    """The ``/readyz`` report: registry, policies and each source's probe, with ``ready``."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    report: dict[str, Any] = {"ready": False, "registry": {"ok": False}, "policies": {"ok": False}, "sources": []}
+    try:
+        catalog = service.registry.catalog()
+        report["registry"] = {"ok": True, "generation": catalog.generation, "products": len(catalog.versions)}
+    except Exception as err:  # noqa: BLE001 - any failure to read it means not ready
+        report["registry"] = {"ok": False, "error": str(err)[:300]}
+        return report
+    error = service.policies.last_error
+    report["policies"] = {"ok": error is None, "generation": service.policies.generation} | ({"error": error} if error else {})
+    by_source: dict[tuple[str, str], Any] = {}
+    for descriptor in catalog.products():
+        by_source.setdefault((descriptor.source.connector, descriptor.source.uri), descriptor)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(8, len(by_source))), thread_name_prefix="readyz")
+    futures = {pool.submit(_probe, service, d): d for d in by_source.values()}
+    done, _ = wait(futures, timeout=timeout)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for future, d in futures.items():
+        detail: dict[str, Any] = {"connector": d.source.connector, "probed_product": d.product_id}
+        if future not in done:
+            detail |= {"ok": False, "error": f"no answer within {timeout:g} s"}
+        elif future.exception() is not None:
+            detail |= {"ok": False, "error": str(future.exception())[:300]}
+        else:
+            detail |= {"ok": True, "source": future.result()[0], "latency_ms": future.result()[1]}
+        report["sources"].append(detail)
+    report["ready"] = report["policies"]["ok"] and all(s["ok"] for s in report["sources"])
+    return report
+
+
+def _probe(service: Any, descriptor: Any) -> tuple[str, float]:
+    """Ask the product's source for none of its rows; (source's display name, milliseconds)."""
+    from sqlglot import exp
+
+    started = time.perf_counter()
+    connector = service.sources.connector_for(descriptor)
+    relation = connector.relation(descriptor.source.table, descriptor.source.query)
+    scan = connector.scan(connector.render(exp.select("*").from_(relation).limit(0)))
+    try:
+        scan.reader.schema
+    finally:
+        scan.close()
+    return connector.display_name, round((time.perf_counter() - started) * 1000, 3)
 
 
 # --- the evaluate request -------------------------------------------------------------------------

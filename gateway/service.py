@@ -23,10 +23,12 @@ from gateway.contract_keys import ForeignKey, KeyColumn, TableFilter, foreign_ke
 from gateway.descriptor import Descriptor
 from gateway.engine import MIN_PROBE_RATIO, Engine, QueryControl, conform_schema
 from gateway.audit import AuditLog
+from gateway import metrics
+from gateway.cache import BYPASS, DEFAULT_MAX_ENTRY_BYTES, ResultCache, Result, cache_key, default_cache_bytes, parse_duration
 from gateway.errors import MeshError, NotFound, QueryCancelled, ResourceExhausted, ShuttingDown
 from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.planner import Plan, PlanContext, bind, parse_statement, plan_statement
-from gateway.planner.bind import BoundFragment
+from gateway.planner.bind import BoundFragment, BoundPlan
 from gateway.planner.plan import Fragment
 from gateway.registry import Catalog, Registry
 from gateway.sources import SourceManager
@@ -68,6 +70,8 @@ class Settings:
     max_concurrent_queries: int = 8
     max_queued_queries: int = 64
     plan_cache_size: int = 512
+    cache_bytes: int | None = None  # result cache size; None: 1/16 of RAM; 0: no result cache
+    cache_max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES  # larger results are not cached
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,9 @@ class GatewayService:
         settings: Settings = Settings(),
         policies: PolicyEngine | None = None,
         audit: AuditLog | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
+        """``cache`` replaces the result cache ``settings`` describe (tests give one with their own clock)."""
         self.registry = registry
         self.policies = policies if policies is not None else PolicyEngine.load()
         self.audit = audit if audit is not None else AuditLog(registry.path.parent / "audit.log")
@@ -195,10 +201,13 @@ class GatewayService:
         self.engine = Engine(settings.memory_limit)
         self._plans: LRUCache[tuple[str, int], _Planned] = LRUCache(maxsize=settings.plan_cache_size)
         self._plans_lock = threading.Lock()
+        self._bound: LRUCache[tuple[int, tuple[tuple[str, str], ...]], tuple[_Planned, BoundPlan]] = LRUCache(maxsize=1024)
         self._admission = _Admission(settings.max_concurrent_queries, settings.max_queued_queries)
         self.stats = {"plans_built": 0, "plan_cache_hits": 0}
         self._row_counts: dict[str, int | None] = {}
         self.recent: deque[QueryControl] = deque(maxlen=100)  # newest last; what each query sent
+        size = default_cache_bytes() if settings.cache_bytes is None else settings.cache_bytes
+        self.cache = cache if cache is not None else ResultCache(size, settings.cache_max_entry_bytes) if size > 0 else None
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -220,11 +229,17 @@ class GatewayService:
         is_cancelled: Callable[[], bool] | None = None,
         client: str | None = None,
         default_schema: str | None = None,
+        max_staleness: float | None = None,
     ) -> pa.RecordBatchReader:
         """Run a statement and stream its result (batches of at most a few MiB).
 
         Every statement is audited: a refused or failed one when it fails, an answered one
         before its first batch is returned (durably), completed with its row count at the end.
+
+        A query whose products all declare ``sla.freshness`` is answered from the result cache
+        while the cached answer is younger than the smallest of those and than ``max_staleness``
+        (seconds, the client's session option) when given.  The result's schema metadata says
+        ``meshgate.cache`` (hit, miss or bypass), ``meshgate.age_seconds`` and ``meshgate.products``.
         """
         sql = query.sql if isinstance(query, PreparedQuery) else query
         planned = self._planned_or_audit(sql, principal, client, default_schema)
@@ -235,22 +250,85 @@ class GatewayService:
             is_cancelled=is_cancelled or (lambda: False),
             timeout_seconds=self.settings.query_timeout,
         )
-        bound = bind(planned.plan, list(parameters))
+        bound = self._bind(planned, parameters)
         self.recent.append(control)
+        for decision in planned.plan.decisions.values():
+            metrics.POLICY_DECISIONS.labels(_decision_label(decision)).inc()
         audit = dict(client=client, products=_versions(planned.plan), decisions=planned.plan.decisions)
-        slot = self._admission.enter(control)
+        started = time.perf_counter()
+        slots: list[_Slot] = []
+
+        def run() -> pa.RecordBatchReader:  # on the sources, within admission control
+            slots.append(slot := self._admission.enter(control))
+            try:
+                reader = self.engine.execute(bound, control, planned.estimates)
+            except BaseException:
+                slot.release()
+                raise
+            return pa.RecordBatchReader.from_batches(reader.schema, _releasing(reader, slot))
+
         try:
-            reader = self.engine.execute(bound, control, planned.estimates)
+            cacheable = self._cacheable(planned.plan, bound, max_staleness)
+            if cacheable is None:
+                result = Result(run(), BYPASS, 0.0)
+            else:
+                if self._admission.draining:
+                    raise ShuttingDown("the gateway is shutting down and accepts no new queries")
+                key, max_age, sla = cacheable
+                result = self.cache.fetch(key, max_age, run, drop_older_than=sla)  # type: ignore[union-attr]
         except BaseException as err:
-            slot.release()
+            for slot in slots:
+                slot.release()
             self.audit.begin(principal, sql, fragments=control.sent, status="error", error=str(err), **audit)
             raise
-        record = self.audit.begin(principal, sql, fragments=control.sent, **audit)
-        return pa.RecordBatchReader.from_batches(reader.schema, self._finishing(reader, slot, record))
+        cache = {"cache": result.status, "age_seconds": round(result.age_seconds, 3)}
+        record = self.audit.begin(principal, sql, fragments=control.sent, extra=cache, **audit)
+        schema = result.reader.schema.with_metadata({
+            **(result.reader.schema.metadata or {}),
+            b"meshgate.cache": result.status.encode(),
+            b"meshgate.age_seconds": f"{result.age_seconds:.3f}".encode(),
+            b"meshgate.products": ",".join(planned.plan.products).encode(),
+        })
+        finishing = self._finishing(result.reader, slots, record, _descriptors(planned.plan), started)
+        return pa.RecordBatchReader.from_batches(schema, finishing)
 
-    def _finishing(self, reader: pa.RecordBatchReader, slot: _Slot, record: str) -> Iterator[pa.RecordBatch]:
-        """Yield the reader's batches; when the stream ends or is dropped, free the query's slot
-        and complete its audit record with the rows returned."""
+    def _bind(self, planned: _Planned, parameters: Sequence[Any]) -> BoundPlan:
+        """``bind()`` memoized per plan and parameter values: rendering SQL costs more than a cache hit."""
+        key = (id(planned), tuple((type(v).__name__, repr(v)) for v in parameters))
+        with self._plans_lock:
+            found = self._bound.get(key)
+        if found is not None and found[0] is planned:
+            return found[1]
+        bound = bind(planned.plan, list(parameters))
+        with self._plans_lock:
+            self._bound[key] = (planned, bound)
+        return bound
+
+    def _cacheable(self, plan: Plan, bound: BoundPlan, max_staleness: float | None) -> tuple[str, float, float] | None:
+        """(key, longest age the caller may be served, the products' smallest freshness SLA), or
+        None when the answer is not cached: no cache, a product without ``sla.freshness``, an
+        in-memory (system) table, or no staleness allowed."""
+        descriptors = _descriptors(plan)
+        if self.cache is None or not descriptors or any(f.local_table is not None for f in bound.fragments):
+            return None
+        slas = [_freshness(d) for d in descriptors]
+        if None in slas:
+            return None
+        sla = min(slas)  # type: ignore[type-var]
+        max_age = sla if max_staleness is None else min(sla, max_staleness)
+        if max_age <= 0:
+            return None
+        key = cache_key([
+            *((f.name, f.connector.display_name if f.connector else None, f.sql, f.post_sql) for f in bound.fragments),
+            bound.residual_sql, bound.passthrough is not None, tuple(bound.output_names), plan.products,
+        ])
+        return key, max_age, sla
+
+    def _finishing(
+        self, reader: pa.RecordBatchReader, slots: list[_Slot], record: str, products: Sequence[Descriptor], started: float
+    ) -> Iterator[pa.RecordBatch]:
+        """Yield the reader's batches; when the stream ends or is dropped, free the query's slot,
+        complete its audit record with the rows returned and count it in the product metrics."""
         rows, status, error = 0, "ok", None
         try:
             for batch in reader:
@@ -260,9 +338,16 @@ class GatewayService:
             status, error = ("cancelled" if isinstance(err, (GeneratorExit, QueryCancelled)) else "error"), str(err)
             raise
         finally:
-            slot.release()
+            for slot in slots:
+                slot.release()
             reader.close()
             self.audit.complete(record, rows=rows, status=status, error=error, durable=False)
+            if status == "ok":
+                elapsed = time.perf_counter() - started
+                for d in products:
+                    metrics.PRODUCT_QUERIES.labels(d.product_id, d.domain).inc()
+                    metrics.PRODUCT_ROWS.labels(d.product_id).inc(rows)
+                    metrics.PRODUCT_QUERY_DURATION.labels(d.product_id).observe(elapsed)
 
     # --- governance, without running anything ----------------------------------------------
 
@@ -367,6 +452,8 @@ class GatewayService:
             return self._planned(sql, principal, default_schema)
         except MeshError as err:
             denied = err.status == "PERMISSION_DENIED"
+            if denied:
+                metrics.POLICY_DECISIONS.labels("deny").inc()
             self.audit.begin(principal, sql, client=client, allowed=not denied, reasons=[err.message] if denied else None,
                              status="denied" if denied else "error", error=err.message)
             raise
@@ -634,6 +721,33 @@ def _name_products(expression: exp.Expression, ctx: PlanContext, catalog: Catalo
     for identifier in list(expression.find_all(exp.Identifier)):
         if identifier.name in names and not isinstance(identifier.parent, exp.Table):
             identifier.set("this", names[identifier.name][1].split("@")[0])
+
+
+def _releasing(reader: pa.RecordBatchReader, slot: _Slot) -> Iterator[pa.RecordBatch]:
+    """The reader's batches; its admission slot is freed as soon as the last one is read."""
+    try:
+        yield from reader
+    finally:
+        slot.release()
+
+
+def _descriptors(plan: Plan) -> list[Descriptor]:
+    """The product versions a plan reads, once each."""
+    found = {(b.descriptor.product_id, b.descriptor.version): b.descriptor
+             for f in plan.fragments for b in f.bindings if b.descriptor is not None}
+    return list(found.values())
+
+
+def _freshness(descriptor: Descriptor) -> float | None:
+    """Seconds of the product's ``spec.sla.freshness``, None without one."""
+    sla = descriptor.raw.get("spec", {}).get("sla") or {}
+    return parse_duration(sla.get("freshness")) if isinstance(sla, dict) else None
+
+
+def _decision_label(decision: Decision) -> str:
+    if not decision.allowed:
+        return "deny"
+    return "transform" if decision.masks or decision.row_filters or decision.min_group_size else "allow"
 
 
 def _versions(plan: Plan) -> list[tuple[str, str]]:

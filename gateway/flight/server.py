@@ -66,6 +66,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
 from gateway.auth import Authenticator
+from gateway.cache import parse_duration
 from gateway.contract_keys import ForeignKey, KeyColumn, TableFilter
 from gateway.errors import MeshError, NotFound, Unsupported
 from gateway.flight import FlightSql_pb2 as pb
@@ -759,18 +760,22 @@ class MeshFlightServer(flight.FlightServerBase):
         self._running.add(ticket, cancellation)
         try:
             principal = self._principal_for(context)
+            session = self._sessions.find(sessions.session_cookie(context).session_id, principal.name)
+            staleness = parse_duration(session.options.get("max_staleness")) if session else None
             reader = self.service.execute(
                 handle.sql, principal, handle.parameter_values(), is_cancelled=cancellation,
                 client=context.peer(), default_schema=self._default_schema(context, principal),
+                **({"max_staleness": staleness} if staleness is not None else {}),
             )
         except BaseException:
             self._running.end(ticket, cancellation)
             raise
-        batches = _streamed(reader, handle.schema)
+        schema = handle.schema.with_metadata({**(handle.schema.metadata or {}), **(reader.schema.metadata or {})})
+        batches = _streamed(reader, schema)
         # However the stream ends (drained, failed, client gone, or never started), pyarrow drops
         # the generator before the call's context: release the query then.
         weakref.finalize(batches, self._end, ticket, cancellation, reader)
-        return flight.GeneratorStream(handle.schema, batches)
+        return flight.GeneratorStream(schema, batches)
 
     def _end(self, ticket: bytes, cancellation: _Cancellation, reader: pa.RecordBatchReader) -> None:
         self._running.end(ticket, cancellation)
