@@ -194,7 +194,14 @@ class Engine:
 
     def _context(self) -> SessionContext:
         runtime = RuntimeEnvBuilder().with_fair_spill_pool(self.memory_limit).with_disk_manager_os()
-        config = SessionConfig().with_target_partitions(self.target_partitions).with_information_schema(False)
+        # Casts to TEXT make plain strings, as the sources' strings are: a result's schema must
+        # not depend on whether a value came from a literal or a cast (Utf8 vs Utf8View).
+        config = (
+            SessionConfig()
+            .with_target_partitions(self.target_partitions)
+            .with_information_schema(False)
+            .set("datafusion.sql_parser.map_string_types_to_utf8view", "false")
+        )
         return SessionContext(config, runtime)
 
     def _run_residual(self, plan: BoundPlan, tables: dict[str, pa.Table], control: QueryControl) -> pa.RecordBatchReader:

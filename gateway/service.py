@@ -28,7 +28,7 @@ from gateway.cache import BYPASS, DEFAULT_MAX_ENTRY_BYTES, ResultCache, Result, 
 from gateway.errors import MeshError, NotFound, QueryCancelled, ResourceExhausted, ShuttingDown
 from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.planner import Plan, PlanContext, bind, parse_statement, plan_statement
-from gateway.planner.bind import BoundFragment, BoundPlan
+from gateway.planner.bind import BoundFragment, bind_for_schema, typed_null, BoundPlan
 from gateway.planner.plan import Fragment
 from gateway.registry import Catalog, Registry
 from gateway.sources import SourceManager
@@ -511,16 +511,16 @@ class GatewayService:
         return self._row_counts[key]
 
     def _result_schema(self, plan: Plan) -> pa.Schema:
-        bound = bind(plan, [None] * len(plan.parameter_types))
-        schemas = {f.name: self._fragment_schema(f, b) for f, b in zip(plan.fragments, bound.fragments)}
+        bound = bind_for_schema(plan)
+        schemas = {f.name: self._fragment_schema(f, b, plan) for f, b in zip(plan.fragments, bound.fragments)}
         return self.engine.result_schema(bound, schemas)
 
-    def _fragment_schema(self, fragment: Fragment, bound: BoundFragment) -> pa.Schema:
+    def _fragment_schema(self, fragment: Fragment, bound: BoundFragment, plan: Plan) -> pa.Schema:
         """A fragment's output schema, after the engine's post-processing where it has any."""
-        schema = self._source_schema(fragment)
+        schema = self._source_schema(fragment, plan)
         return self.engine.post_schema(schema, bound.post_sql) if bound.post_sql else schema
 
-    def _source_schema(self, fragment: Fragment) -> pa.Schema:
+    def _source_schema(self, fragment: Fragment, plan: Plan) -> pa.Schema:
         """What the source returns: known from the contract for scans, else asked of the source."""
         if fragment.local_table is not None:
             return fragment.local_table.schema
@@ -532,7 +532,7 @@ class GatewayService:
             return pa.schema([("__row", pa.int64())])
         probe = exp.select("*").from_(fragment.expression.copy().subquery("_probe")).limit(0)
         for placeholder in list(probe.find_all(exp.Placeholder)):
-            placeholder.replace(exp.Null())
+            placeholder.replace(typed_null(plan.parameter_types[int(placeholder.name)]))
         scan = fragment.connector.scan(fragment.connector.render(probe))
         try:
             return conform_schema(scan.reader.schema, fragment.expected)

@@ -195,3 +195,10 @@ def test_prepared_statement_with_parameters(live: LiveMesh, cursor: flightsql.Cu
     actual = [tuple(r.values()) for r in cursor.fetch_arrow_table().to_pylist()]
     assert rows_equal(expected, actual, ordered=True) is None
     assert expected
+
+
+def test_untyped_parameter_in_the_select_list(cursor: flightsql.Cursor) -> None:
+    """A ``?`` compared with nothing is text: announced and returned as a string."""
+    cursor.execute("SELECT ? AS v, count(*) AS n FROM customers.segments", ("hello",))
+    table = cursor.fetch_arrow_table()
+    assert table.to_pylist() == [{"v": "hello", "n": 5}]

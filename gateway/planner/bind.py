@@ -16,6 +16,7 @@ from sqlglot import exp
 
 from connectors.base import Connector
 from gateway.errors import InvalidQuery
+from gateway.types import sql_type_name
 from gateway.planner.plan import DynamicFilter, Plan
 
 
@@ -46,6 +47,20 @@ def bind(plan: Plan, values: Sequence[Any] | None) -> BoundPlan:
     if values is not None and len(values) != expected:
         raise InvalidQuery(f"the statement takes {expected} parameter(s), {len(values)} given")
     literals = [literal(v) for v in values] if values is not None else [exp.Placeholder()] * expected
+    return _render(plan, literals)
+
+
+def bind_for_schema(plan: Plan) -> BoundPlan:
+    """Render ``plan`` with each parameter a NULL of its inferred type, so that planning the
+    result schema types ``SELECT ? AS v`` as the parameter's type, not as NULL's."""
+    return _render(plan, [typed_null(t) for t in plan.parameter_types])
+
+
+def typed_null(arrow_type: pa.DataType) -> exp.Expression:
+    return exp.cast(exp.Null(), exp.DataType.build(sql_type_name(arrow_type), dialect="postgres"))
+
+
+def _render(plan: Plan, literals: list[exp.Expression]) -> BoundPlan:
     fragments = []
     for fragment in plan.fragments:
         sql = None
