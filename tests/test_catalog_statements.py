@@ -63,3 +63,19 @@ def test_adbc_metadata_calls_against_the_live_mesh(live_mesh: LiveMesh) -> None:
         assert "TABLE" in conn.adbc_get_table_types()
         info = conn.adbc_get_info()
         assert info["vendor_name"] == "meshgate"
+
+
+def test_result_columns_carry_decimal_precision_for_jdbc(live_mesh: LiveMesh) -> None:
+    """JDBC's ResultSetMetaData reads precision and scale from the announced result schema."""
+    import pyarrow.flight as flight
+
+    from gateway.flight import FlightSql_pb2 as pb
+    from gateway.flight.server import pack
+
+    client = flight.FlightClient(live_mesh.uri)
+    command = pb.CommandStatementQuery(query="SELECT order_id, total_amount FROM orders.orders LIMIT 1")
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(pack(command)))
+    metadata = info.schema.field("total_amount").metadata
+    assert metadata[b"ARROW:FLIGHT:SQL:PRECISION"] == b"12" and metadata[b"ARROW:FLIGHT:SQL:SCALE"] == b"2"
+    assert metadata[b"ARROW:FLIGHT:SQL:TYPE_NAME"] == b"numeric"
+    client.close()

@@ -56,7 +56,7 @@ import secrets
 import struct
 import threading
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
@@ -426,6 +426,19 @@ def rechunked(batches: Iterable[pa.RecordBatch], max_bytes: int = MAX_BATCH_BYTE
         yield from rechunked((batch.slice(offset, rows) for offset in range(0, batch.num_rows, rows)), max_bytes)
 
 
+def _described(query: PreparedQuery) -> PreparedQuery:
+    """``query`` with its result columns described the way Flight SQL clients read them
+    (JDBC's ResultSetMetaData takes a decimal's precision and scale from this metadata)."""
+    fields = []
+    for f in query.result_schema:
+        metadata = {b"ARROW:FLIGHT:SQL:TYPE_NAME": sql_type_name(f.type).split("(")[0].encode()}
+        if pa.types.is_decimal(f.type):
+            metadata[b"ARROW:FLIGHT:SQL:PRECISION"] = str(f.type.precision).encode()
+            metadata[b"ARROW:FLIGHT:SQL:SCALE"] = str(f.type.scale).encode()
+        fields.append(f.with_metadata({**(f.metadata or {}), **metadata}))
+    return replace(query, result_schema=pa.schema(fields, metadata=query.result_schema.metadata))
+
+
 def _streamed(reader: pa.RecordBatchReader, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     """The reader's batches under the announced ``schema``, in messages of at most
     MAX_BATCH_BYTES; an error mid-stream gets its status like any other."""
@@ -729,9 +742,9 @@ class MeshFlightServer(flight.FlightServerBase):
             statement = command.parse(pb.CommandStatementQuery)
             _refuse_transaction(statement)
             principal = self._principal_for(context)
-            query = self.service.prepare(
+            query = _described(self.service.prepare(
                 statement.query, principal, client=context.peer(), default_schema=self._default_schema(context, principal)
-            )
+            ))
             return query.result_schema, StatementHandle(query.sql, query.result_schema).ticket()
         if command.name == "CommandPreparedStatementQuery":
             handle = command.parse(pb.CommandPreparedStatementQuery).prepared_statement_handle
@@ -857,9 +870,9 @@ class MeshFlightServer(flight.FlightServerBase):
         request = _Command.decode(body).parse(pb.ActionCreatePreparedStatementRequest)
         _refuse_transaction(request)
         principal = self._principal_for(context)
-        query = self.service.prepare(
+        query = _described(self.service.prepare(
             request.query, principal, client=context.peer(), default_schema=self._default_schema(context, principal)
-        )
+        ))
         handle = self._prepared.add(_PreparedStatement(query, principal))
         return pb.ActionCreatePreparedStatementResult(
             prepared_statement_handle=handle,
