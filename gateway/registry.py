@@ -179,3 +179,12 @@ class Registry:
             generation,
             {pid: tuple(sorted(ds, key=lambda d: d.version_key, reverse=True)) for pid, ds in versions.items()},
         )
+
+    def versions(self, product_id: str) -> list[Descriptor]:
+        """Every registered version of a product, whatever its status, newest first: what a new
+        version's compatibility is checked against."""
+        rows = self._connect().execute(
+            "SELECT descriptor, base_dir FROM product_versions WHERE product_id = ?", (product_id,)
+        ).fetchall()
+        found = [validate(json.loads(body), product_id, Path(base_dir) if base_dir else None) for body, base_dir in rows]
+        return sorted(found, key=lambda d: d.version_key, reverse=True)
