@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -176,28 +176,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "serve":
-            return cmd_serve(args)
-        if args.command == "demo":
-            return cmd_demo(args)
-        if args.command == "query":
-            return cmd_query(args)
-        if args.command == "product" and args.action == "register":
-            return cmd_register(args)
-        if args.command == "product" and args.action == "list":
-            return cmd_list(args)
-        if args.command == "product" and args.action == "diff":
-            return cmd_diff(args)
-        if args.command == "product" and args.action == "validate":
-            return cmd_validate(args)
-        if args.command == "product" and args.action == "check":
-            return cmd_check(args)
-        if args.command == "user" and args.action == "add":
-            return cmd_user_add(args)
-        if args.command == "policy" and args.action == "check":
-            return cmd_policy_check(args)
-        if args.command == "policy" and args.action == "test":
-            return cmd_policy_test(args)
+        handler = _COMMANDS.get((args.command, getattr(args, "action", None)))
+        if handler is not None:
+            return handler(args)
     except InvalidDescriptor as err:
         _print_descriptor_errors([err])
         return 2
@@ -909,6 +890,22 @@ def _print_table(table, fmt: str) -> None:  # noqa: ANN001
         view.add_row(*("NULL" if v is None else str(v) for v in row.values()))
     stdout.print(view)
 
+
+
+_COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
+    ("serve", None): cmd_serve,
+    ("demo", None): cmd_demo,
+    ("query", None): cmd_query,
+    ("product", "register"): cmd_register,
+    ("product", "list"): cmd_list,
+    ("product", "diff"): cmd_diff,
+    ("product", "validate"): cmd_validate,
+    ("product", "check"): cmd_check,
+    ("user", "add"): cmd_user_add,
+    ("policy", "check"): cmd_policy_check,
+    ("policy", "test"): cmd_policy_test,
+}
+"""Each (command, sub-command) and the function that carries it out."""
 
 if __name__ == "__main__":
     sys.exit(main())
