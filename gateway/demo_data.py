@@ -639,7 +639,7 @@ def _write_descriptor(products_dir: Path, product: _Product, source: _Source) ->
 # --- orchestration -----------------------------------------------------------------------------
 
 
-def _without_password(uri: str) -> str:
+def _with_password_variable(uri: str) -> str:
     """The URI for descriptors: an inline password becomes ``${MESHGATE_DEMO_PG_PASSWORD}``."""
     parts = urlsplit(uri)
     if parts.password is None:
@@ -655,7 +655,7 @@ def _sources(data_dir: Path, postgres_uri: str | None) -> dict[str, _Source]:
         for domain, (connector, name) in _FILE_SOURCES.items()
     }
     if postgres_uri:
-        sources["shipping"] = _Source("postgres", postgres_uri, _without_password(postgres_uri))
+        sources["shipping"] = _Source("postgres", postgres_uri, _with_password_variable(postgres_uri))
     return sources
 
 
@@ -749,7 +749,7 @@ def generate_demo_mesh(
         example_queries=list(EXAMPLE_QUERIES),
     )
     stamp = {"layout": _LAYOUT_VERSION, "scale": scale, "seed": seed,
-             "shipping": _without_password(postgres_uri) if postgres_uri else "duckdb"}
+             "shipping": _with_password_variable(postgres_uri) if postgres_uri else "duckdb"}
     if _is_complete(data_dir, stamp, postgres_uri):
         return mesh
 
