@@ -21,7 +21,7 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
-from gateway.demo_data import DemoMesh, _without_password, generate_demo_mesh
+from gateway.demo_data import DemoMesh, _with_password_variable, generate_demo_mesh
 from gateway.descriptor import load_file
 from gateway.types import parse_type
 
@@ -244,10 +244,10 @@ def test_an_interrupted_run_is_redone(tmp_path: Path) -> None:
 
 
 def test_descriptors_never_hold_a_postgres_password() -> None:
-    assert _without_password("postgresql://app:s3cret@db:5432/shop") == (
+    assert _with_password_variable("postgresql://app:s3cret@db:5432/shop") == (
         "postgresql://app:${MESHGATE_DEMO_PG_PASSWORD}@db:5432/shop"
     )
-    assert _without_password("postgresql://app@db/shop") == "postgresql://app@db/shop"
+    assert _with_password_variable("postgresql://app@db/shop") == "postgresql://app@db/shop"
 
 
 @pytest.mark.postgres
