@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
-from rich.console import Console
 
 from gateway import cli
+from gateway.cli import common
 from gateway.registry import Registry
 
 
@@ -27,8 +27,9 @@ def meshgate(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 
     def run(*args: str) -> Run:
         out, err = io.StringIO(), io.StringIO()
-        monkeypatch.setattr(cli, "stdout", Console(file=out, width=400, color_system=None))
-        monkeypatch.setattr(cli, "stderr", Console(file=err, width=400, color_system=None))
+        for console, file in ((common.stdout, out), (common.stderr, err)):
+            monkeypatch.setattr(console, "file", file)
+            monkeypatch.setattr(console, "width", 400)
         try:
             code = cli.main(list(args))
         except SystemExit as exit_:
