@@ -16,6 +16,7 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import date, datetime, timezone
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, ClassVar, Generic, Iterator, TypeVar
@@ -48,6 +49,25 @@ class Capabilities:
     full_sql: bool = False
     portable_filters_only: bool = False
     max_in_list: int = 5_000
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How new a relation's data is: what SLA monitoring, data-age metrics and cache watermarks read.
+
+    ``as_of`` (UTC) is the newest value of the product's freshness column when it has one, else
+    when the source's files last changed; None when neither is known (an empty table, a server
+    source without a freshness column). ``basis`` says which, for humans.
+    """
+
+    as_of: datetime | None
+    basis: str
+
+    def age(self, now: datetime | None = None) -> float | None:
+        """Seconds since ``as_of``; None when unknown."""
+        if self.as_of is None:
+            return None
+        return ((now or datetime.now(timezone.utc)) - self.as_of).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -224,6 +244,25 @@ class Connector(ABC):
             return int(scan.reader.read_all().column(0)[0].as_py())
         finally:
             scan.close()
+
+    def freshness(self, table: str | None, query: str | None, column: str | None = None) -> Freshness:
+        """The newest ``column`` value in the relation (one ``max()`` pushed to the source), or,
+        without a column, when the source's files last changed (``modified_at``)."""
+        if column is None:
+            modified = self.modified_at()
+            return Freshness(modified, "files modified" if modified else "unknown")
+        relation = self.relation(table, query)
+        select = exp.select(exp.Max(this=exp.column(column, quoted=True)).as_("newest")).from_(relation.copy())
+        scan = self.scan(self.render(select))
+        try:
+            newest = scan.reader.read_all().column(0)[0].as_py()
+        finally:
+            scan.close()
+        return Freshness(as_utc(newest), f"max({column})")
+
+    def modified_at(self) -> datetime | None:
+        """When the source's files last changed (UTC); None for servers, which have no such time."""
+        return None
 
     def render(self, expression: exp.Expression) -> str:
         """SQL text for this source, re-parsed in its dialect so that a mistranslation fails
@@ -450,6 +489,28 @@ class _PooledScan(Generic[C]):
             # After a cancel, DuckDB keeps the interrupt pending for the next query: never reuse.
             healthy = self._reusable and not self._cancelled and not self._connector._closed
             self._connector._pool.release(conn, healthy)
+
+
+def as_utc(value: Any) -> datetime | None:
+    """A freshness column's value as an aware UTC datetime: dates are midnight UTC, naive
+    timestamps are taken as UTC, and text (SQLite stores timestamps as text) is parsed as ISO 8601.
+    Anything else (a number, unparsable text) is None: unknown, never a guess."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    return None
+
+
+def files_modified_at(paths: Iterator[Path] | list[Path]) -> datetime | None:
+    """The newest modification time among ``paths`` that exist (UTC); None if none does."""
+    times = [p.stat().st_mtime for p in paths if p.exists()]
+    return datetime.fromtimestamp(max(times), timezone.utc) if times else None
 
 
 def parse_query(query: str, dialect: str, source: str) -> exp.Query:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import threading
 from abc import abstractmethod
+from datetime import datetime
 from typing import Any, ClassVar
 
 import duckdb
 import pyarrow as pa
 
-from connectors.base import Capabilities, PooledConnector, SourceConfig
+from connectors.base import Capabilities, PooledConnector, SourceConfig, files_modified_at
 
 DUCKDB_SETTINGS: dict[str, Any] = {
     "autoinstall_known_extensions": False,
@@ -78,6 +79,11 @@ class DuckDBConnector(DuckDBEngineConnector):
     @property
     def source_id(self) -> str:
         return f"duckdb:{self.config.local_path()}"
+
+    def modified_at(self) -> datetime | None:
+        """The database file or its write-ahead log, whichever changed last."""
+        path = self.config.local_path()
+        return files_modified_at([path, path.with_name(path.name + ".wal")])
 
     def _open_database(self) -> duckdb.DuckDBPyConnection:
         config = {**DUCKDB_SETTINGS, "enable_external_access": False}

@@ -13,13 +13,15 @@ table name ``files`` stands for the product's files, e.g.
 from __future__ import annotations
 
 import glob
+from datetime import datetime
+from pathlib import Path
 from typing import ClassVar
 
 import duckdb
 import sqlglot
 from sqlglot import exp
 
-from connectors.base import parse_query
+from connectors.base import files_modified_at, parse_query
 from connectors.duckdb import DUCKDB_SETTINGS, DuckDBEngineConnector
 from gateway.errors import InvalidQuery, SourceUnavailable
 
@@ -54,11 +56,18 @@ class ParquetConnector(DuckDBEngineConnector):
                 ref.replace(files.copy().as_(alias))
         return parsed.subquery("_src")
 
+    def modified_at(self) -> datetime | None:
+        """The newest of the product's files (a file added to a directory counts too)."""
+        return files_modified_at([Path(f) for f in glob.iglob(self._pattern(), recursive=True)])
+
+    def _pattern(self) -> str:
+        path = self.config.local_path()
+        return str(path / "**" / "*.parquet") if path.is_dir() else str(path)
+
     def _read_parquet(self) -> exp.Expression:
         """``read_parquet('<pattern>')``: DuckDB expands the pattern when the fragment runs, so
         files added since planning are read too."""
-        path = self.config.local_path()
-        pattern = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
+        pattern = self._pattern()
         if next(glob.iglob(pattern, recursive=True), None) is None:
             raise SourceUnavailable(
                 f"source {self.display_name}: no parquet files at {pattern}; check spec.source.uri "

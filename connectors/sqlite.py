@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 import adbc_driver_sqlite.dbapi
 import pyarrow as pa
 
-from connectors.base import AdbcConnector, Capabilities
+from connectors.base import AdbcConnector, Capabilities, files_modified_at
 from gateway.errors import SourceUnavailable
 
 TYPE_MISMATCH_HINT = (
@@ -47,6 +48,11 @@ class SQLiteConnector(AdbcConnector):
     @property
     def source_id(self) -> str:
         return f"sqlite:{self.config.local_path()}"
+
+    def modified_at(self) -> datetime | None:
+        """The database file or its write-ahead log, whichever changed last."""
+        path = self.config.local_path()
+        return files_modified_at([path, path.with_name(path.name + "-wal")])
 
     def _connect(self) -> Any:
         path = self.config.local_path()

@@ -8,6 +8,7 @@ or half-read connection never goes back to the pool, and that every failure name
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -25,7 +26,7 @@ import sqlglot
 from sqlglot import exp
 
 from connectors import connector_class, known_kinds, open_connector
-from connectors.base import Capabilities, Connector, Scan, SourceConfig
+from connectors.base import Capabilities, Connector, Scan, SourceConfig, as_utc
 from connectors.duckdb import DuckDBConnector
 from connectors.flightsql import FlightSQLConnector
 from connectors.parquet import ParquetConnector
@@ -300,6 +301,32 @@ def test_row_count(source: str, request: pytest.FixtureRequest) -> None:
     connector: Connector = request.getfixturevalue(source)
     table = None if connector.kind == "parquet" else "orders"
     assert connector.row_count(table, None) == len(ORDERS)
+
+
+@pytest.mark.parametrize("source", FILE_SOURCES)
+def test_freshness_from_a_column_and_from_the_files(source: str, request: pytest.FixtureRequest) -> None:
+    """The newest freshness-column value (a date is midnight UTC; SQLite's text is parsed), and
+    without a column the files' modification time, which moves when the data is rewritten."""
+    connector: Connector = request.getfixturevalue(source)
+    table = None if connector.kind == "parquet" else "orders"
+    by_column = connector.freshness(table, None, "ordered_on")
+    assert by_column.as_of == datetime(2024, 3, 1, tzinfo=timezone.utc)
+    assert by_column.basis == "max(ordered_on)"
+    assert by_column.age(datetime(2024, 3, 2, tzinfo=timezone.utc)) == 86400
+    by_files = connector.freshness(table, None)
+    assert by_files.basis == "files modified" and by_files.as_of is not None
+    assert abs(by_files.age()) < 600
+    later = by_files.as_of.timestamp() + 100
+    for path in connector.config.base_dir.rglob("*"):
+        os.utime(path, (later, later))
+    assert connector.freshness(table, None).as_of.timestamp() == pytest.approx(later)
+
+
+def test_freshness_values_become_utc() -> None:
+    assert as_utc("2024-05-01T10:00:00+02:00") == datetime(2024, 5, 1, 8, tzinfo=timezone.utc)
+    assert as_utc(datetime(2024, 5, 1, 10)) == datetime(2024, 5, 1, 10, tzinfo=timezone.utc)
+    assert as_utc(date(2024, 5, 1)) == datetime(2024, 5, 1, tzinfo=timezone.utc)
+    assert as_utc("yesterday") is None and as_utc(17) is None and as_utc(None) is None
 
 
 def test_render_in_each_dialect(duckdb_source: DuckDBConnector, sqlite_source: SQLiteConnector) -> None:
@@ -656,6 +683,8 @@ def test_postgres_schema_row_count_and_render(pg_source: PostgresConnector) -> N
     assert schema.field("price").type == pa.decimal128(10, 2)
     assert pg_source.row_count("items", None) == 3
     assert pg_source.row_count(None, "SELECT * FROM items WHERE price IS NOT NULL") == 2
+    assert pg_source.freshness("items", None, "sold_at").as_of == datetime(2024, 6, 30, 23, 59, 59, 123456, tzinfo=timezone.utc)
+    assert pg_source.freshness("items", None).as_of is None  # a server has no file time: unknown
     select = exp.select("name").from_(pg_source.relation("public.items", None)).where("name ILIKE 'z%'").limit(1)
     assert pg_source.render(select) == "SELECT name FROM public.items WHERE name ILIKE 'z%' LIMIT 1"
 
