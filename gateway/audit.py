@@ -251,6 +251,37 @@ class AuditLog:
         _sync_directory(self.path.parent)  # the file's name is durable too, not only its data
 
 
+def read_queries(path: Path, backups: int = DEFAULT_BACKUPS, since: datetime | None = None) -> list[dict[str, Any]]:
+    """Every query recorded in the log at ``path`` and its rotated files, oldest first, each its
+    *begin* record with its *complete* record's fields merged in (``rows``, ``duration_ms``,
+    ``status``, ``bytes``, ``error``; a query still running keeps ``status: running``).
+
+    What usage statistics, catalog popularity, impact analysis and query history are built from.
+    ``since`` (aware UTC) skips older queries. A torn last line (a crash mid-write) is skipped.
+    """
+    files = [path.with_name(f"{path.name}.{n}") for n in range(backups, 0, -1)] + [path]
+    cutoff = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if since is not None else None
+    queries: dict[str, dict[str, Any]] = {}
+    for file in files:
+        try:
+            lines = file.read_bytes().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            kind, record_id = record.get("type"), record.get("id")
+            if kind == "query" and (cutoff is None or record.get("time", "") >= cutoff):
+                queries[record_id] = record
+            elif kind == "complete" and record_id in queries:
+                done = queries[record_id]
+                done.update({k: v for k, v in record.items() if k not in ("type", "id", "time")})
+                done["completed"] = record.get("time")
+    return list(queries.values())
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

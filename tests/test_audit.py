@@ -11,11 +11,12 @@ import sys
 import textwrap
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from gateway.audit import AuditLog
+from gateway.audit import AuditLog, read_queries
 from policies import Principal
 from policies.decision import ColumnMask, Decision, RowFilter
 
@@ -195,3 +196,23 @@ def test_a_closed_log_refuses_to_write(tmp_path: Path) -> None:
     log.close()
     with pytest.raises(ValueError, match="closed"):
         log.begin("alice", "SELECT 1")
+
+
+def test_read_queries_joins_completions_across_rotated_files(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", max_bytes=600, backups=3)
+    finished = log.begin("alice", "SELECT 1", products=[("orders.orders", "1.0.0")])
+    log.complete(finished, rows=1, bytes_out=8)
+    running = log.begin("bob", "SELECT 2 " + "x" * 300)
+    log.begin("carol", "SELECT nope", allowed=False, error="syntax")
+    log.close()
+    with (tmp_path / "audit.jsonl").open("ab") as torn:  # a crash mid-line
+        torn.write(b'{"type": "query", "id": "half')
+    assert (tmp_path / "audit.jsonl.1").exists()  # the records span rotated files
+    queries = {q["principal"]["name"]: q for q in read_queries(tmp_path / "audit.jsonl", backups=3)}
+    assert list(queries) == ["alice", "bob", "carol"]
+    assert queries["alice"]["rows"] == 1 and queries["alice"]["bytes"] == 8 and queries["alice"]["status"] == "ok"
+    assert queries["alice"]["products"] == [{"id": "orders.orders", "version": "1.0.0"}]
+    assert queries["bob"]["id"] == running and queries["bob"]["status"] == "running"
+    assert queries["carol"]["status"] == "denied"
+    later = datetime.now(timezone.utc) + timedelta(seconds=5)
+    assert read_queries(tmp_path / "audit.jsonl", backups=3, since=later) == []
