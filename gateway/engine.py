@@ -90,8 +90,8 @@ class Engine:
 
     def _stream_fragment(self, fragment: BoundFragment, names: list[str], control: QueryControl) -> pa.RecordBatchReader:
         """A single-source answer streams straight from the source, batch by batch."""
-        if fragment.local_table is not None:
-            table = fragment.local_table
+        if fragment.local is not None:
+            table = fragment.local.rows()
             return pa.RecordBatchReader.from_batches(_rename(table.schema, names), iter(_rename_batches(table.to_batches(), names)))
         scan = self._open(fragment, control)
         watchdog = _Watchdog(scan, control)
@@ -123,8 +123,8 @@ class Engine:
         lock = threading.Lock()
 
         def fetch(fragment: BoundFragment, sql: str | None = None) -> pa.Table:
-            if fragment.local_table is not None:
-                return fragment.local_table
+            if fragment.local is not None:
+                return fragment.local.rows()
             with _measured(fragment):
                 scan = self._open(fragment, control, sql)
                 with lock:

@@ -30,10 +30,11 @@ from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.policy_report import ProductDecision, Rewrite
 from gateway.planner import Plan, PlanContext, bind, parse_statement, plan_statement
 from gateway.planner.bind import BoundFragment, bind_for_schema, typed_null, BoundPlan
-from gateway.planner.plan import Fragment
+from gateway.planner.plan import Fragment, LocalRows
 from gateway.registry import Catalog, Registry
 from gateway.sources import SourceManager
-from gateway.system_tables import listed_relations, system_table
+from gateway.system_products import SystemScope
+from gateway.system_tables import listed_relations, system_relation, system_table
 from policies import Principal
 from policies.decision import Decision
 from policies.engine import PolicyEngine
@@ -212,7 +213,7 @@ class GatewayService:
         None when the answer is not cached: no cache, a product without ``sla.freshness``, an
         in-memory (system) table, or no staleness allowed."""
         descriptors = _descriptors(plan)
-        if self.cache is None or not descriptors or any(f.local_table is not None for f in bound.fragments):
+        if self.cache is None or not descriptors or any(f.local is not None for f in bound.fragments):
             return None
         slas = [_freshness(d) for d in descriptors]
         if None in slas:
@@ -279,9 +280,10 @@ class GatewayService:
             catalog.resolve(statement.subject.db, statement.subject.name)
         system_names: list[str] = []
 
-        def system(name: str) -> pa.Table | None:
-            system_names.append(name)
-            return system_table(catalog, name)
+        def system(schema: str, name: str) -> tuple[Descriptor | None, LocalRows] | None:
+            if schema == SYSTEM_SCHEMA:  # named back by _name_products, in order
+                system_names.append(name)
+            return system_relation(catalog, schema, name, SystemScope(principal, self, catalog, self._visible(principal)))
 
         ctx = PlanContext(catalog, lambda _descriptor: None, system, lambda d: self.policies.decide(principal, d))  # type: ignore[arg-type,return-value]
         expression: exp.Expression = statement.expression.copy()
@@ -331,7 +333,7 @@ class GatewayService:
         bound = bind(plan, list(parameters) if parameters else None)
         rows: list[tuple[str, str, str, str]] = []
         for fragment in bound.fragments:
-            source = fragment.connector.display_name if fragment.connector else SYSTEM_SCHEMA
+            source = fragment.connector.display_name if fragment.connector else "system (in memory)"
             rows.append((f"fragment {fragment.name}", source, ", ".join(fragment.products), fragment.sql or "(in memory)"))
         for f in bound.dynamic_filters:
             rows.append((
@@ -382,7 +384,7 @@ class GatewayService:
         ctx = PlanContext(
             catalog,
             self.sources.connector_for,
-            lambda name: system_table(catalog, name, self._visible(principal)),
+            lambda schema, name: system_relation(catalog, schema, name, SystemScope(principal, self, catalog, self._visible(principal))),
             lambda descriptor: self.policies.decide(principal, descriptor),
             default_schema=default_schema,
         )
@@ -425,8 +427,8 @@ class GatewayService:
 
     def _source_schema(self, fragment: Fragment, plan: Plan) -> pa.Schema:
         """What the source returns: known from the contract for scans, else asked of the source."""
-        if fragment.local_table is not None:
-            return fragment.local_table.schema
+        if fragment.local is not None:
+            return fragment.local.schema
         assert fragment.connector is not None and fragment.expression is not None
         names = fragment.expression.named_selects
         if fragment.expected is not None and list(fragment.expected.names) == list(names):

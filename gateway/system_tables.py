@@ -1,8 +1,9 @@
-"""``information_schema`` over the registry: what SHOW, DESCRIBE and SQL tools read.
+"""``information_schema`` over the registry: what SHOW, DESCRIBE and SQL tools read; and the
+one place a system relation (``information_schema.*`` or a ``mesh.*`` system product) is found.
 
 Built from the catalog snapshot (never from the sources), so metadata answers even when a
 source is down.  Every active major of a product is listed twice over: the unpinned name (the
-newest major) and ``name@MAJOR``.
+newest major) and ``name@MAJOR``; system products (``gateway/system_products.py``) follow.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import pyarrow as pa
 
 from gateway.descriptor import Descriptor
 from gateway.names import CATALOG, SYSTEM_SCHEMA
+from gateway.planner.plan import LocalRows
 from gateway.registry import Catalog
+from gateway.system_products import SYSTEM_DOMAIN, SystemScope, find, system_products
 
 
 Visible = Callable[[Descriptor], bool]
@@ -34,7 +37,20 @@ def listed_relations(catalog: Catalog, visible: Visible = _everything) -> list[t
         majors = catalog.majors(product.product_id)
         for major in majors:
             relations.append((major.domain, f"{major.name}@{major.major}", major))
+    relations += [(SYSTEM_DOMAIN, p.descriptor.name, p.descriptor) for p in system_products() if visible(p.descriptor)]
     return relations
+
+
+def system_relation(catalog: Catalog, schema: str, name: str, scope: SystemScope) -> tuple[Descriptor | None, LocalRows] | None:
+    """``information_schema.<name>`` (no descriptor: not a product) or the system product
+    ``mesh.<name>`` (its descriptor, for policy and metadata), with its rows; None if unknown."""
+    if schema == SYSTEM_SCHEMA:
+        table = system_table(catalog, name, scope.visible)
+        return None if table is None else (None, LocalRows.of(table))
+    product = find(name) if schema == SYSTEM_DOMAIN else None
+    if product is None:
+        return None
+    return product.descriptor, LocalRows(product.schema, lambda: product.rows(scope))
 
 
 def system_table(catalog: Catalog, name: str, visible: Visible = _everything) -> pa.Table | None:

@@ -17,7 +17,7 @@ from sqlglot import exp
 from connectors.base import Connector
 from gateway.errors import InvalidQuery
 from gateway.types import sql_type_name
-from gateway.planner.plan import DynamicFilter, Plan
+from gateway.planner.plan import DynamicFilter, LocalRows, Plan
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class BoundFragment:
     sql: str | None  # in the connector's dialect
     expected: pa.Schema | None
     products: tuple[str, ...]
-    local_table: pa.Table | None = None
+    local: LocalRows | None = None  # rows served from memory, produced when the query runs
     post_sql: str | None = None  # DataFusion SQL over the fetched rows (table "__raw"), if any
     unfiltered: bool = False  # no predicates: it returns every row of its source (exact estimate)
 
@@ -69,7 +69,7 @@ def _render(plan: Plan, literals: list[exp.Expression]) -> BoundPlan:
         post = _substitute(fragment.post, literals).sql(dialect="postgres", identify=True) if fragment.post else None
         fragments.append(
             BoundFragment(
-                fragment.name, fragment.connector, sql, fragment.expected, fragment.products, fragment.local_table, post,
+                fragment.name, fragment.connector, sql, fragment.expected, fragment.products, fragment.local, post,
                 unfiltered=fragment.expression is not None and not fragment.expression.find(exp.Where),
             )
         )

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from connectors.base import Connector
 from gateway.descriptor import Descriptor
-from gateway.planner.plan import Binding, DynamicFilter, Fragment
+from gateway.planner.plan import Binding, DynamicFilter, Fragment, LocalRows
 from gateway.registry import Catalog
 from policies.decision import Decision
 
@@ -20,7 +20,9 @@ class PlanContext:
 
     catalog: Catalog
     connector_for: Callable[[Descriptor], Connector]
-    system_table: Callable[[str], pa.Table | None]  # information_schema.<name> -> rows, or None
+    # (schema, name) -> the descriptor (None for information_schema) and rows of a system table
+    # or system product (``information_schema.*``, ``mesh.*``), or None when there is none
+    system_table: Callable[[str, str], tuple[Descriptor | None, LocalRows] | None]
     decide: Callable[[Descriptor], Decision]  # governance for the querying principal
     default_schema: str | None = None  # the domain unqualified product names resolve in
     bindings: dict[str, Binding] = field(default_factory=dict)

@@ -8,6 +8,7 @@ expressions that may still contain parameter placeholders, and is rendered into 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pyarrow as pa
 from sqlglot import exp
@@ -18,13 +19,38 @@ from policies.decision import Decision
 
 
 @dataclass(frozen=True)
+class LocalRows:
+    """Rows the gateway serves from memory (system tables and products): a known schema now, the
+    rows when the query runs, so a cached plan of ``mesh.queries`` still shows the latest queries."""
+
+    schema: pa.Schema
+    produce: Callable[[], pa.Table]
+
+    @classmethod
+    def of(cls, table: pa.Table) -> LocalRows:
+        return cls(table.schema, lambda: table)
+
+    def project(self, columns: list[str]) -> LocalRows:
+        """Only ``columns`` (the first column when none is needed, to keep the row count)."""
+        keep = columns or [self.schema.names[0]]
+        produce = self.produce
+        return LocalRows(pa.schema([self.schema.field(c) for c in keep]), lambda: produce().select(keep))
+
+    def rows(self) -> pa.Table:
+        table = self.produce()
+        if not table.schema.equals(self.schema):
+            table = table.select(self.schema.names).cast(self.schema)
+        return table
+
+
+@dataclass(frozen=True)
 class Binding:
     """A product reference resolved to one version and the connector that serves it."""
 
     internal_name: str  # the placeholder table name the planner uses, e.g. "__p0"
-    descriptor: Descriptor | None  # None for system tables
-    connector: Connector | None  # None for system tables (served from memory)
-    local_table: pa.Table | None = None  # system tables: the rows, computed from the catalog
+    descriptor: Descriptor | None  # None for information_schema tables
+    connector: Connector | None  # None for system tables and products (served from memory)
+    local: LocalRows | None = None  # system tables and products: their rows
 
     @property
     def source_id(self) -> str:
@@ -33,8 +59,8 @@ class Binding:
     def contract_schema(self) -> dict[str, pa.DataType]:
         if self.descriptor is not None:
             return {c.name: c.type.arrow for c in self.descriptor.columns}
-        assert self.local_table is not None
-        return {f.name: f.type for f in self.local_table.schema}
+        assert self.local is not None
+        return {f.name: f.type for f in self.local.schema}
 
 
 RAW_TABLE = "__raw"
@@ -50,7 +76,7 @@ class Fragment:
     expression: exp.Query | None  # PostgreSQL-dialect AST with physical relations; None = local
     expected: pa.Schema | None  # contract-typed output to conform to; None = take the source's
     bindings: tuple[Binding, ...]  # the product references it reads
-    local_table: pa.Table | None = None
+    local: LocalRows | None = None
     post: exp.Select | None = None  # engine-side governance over the fetched rows (table RAW_TABLE)
 
     @property

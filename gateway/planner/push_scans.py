@@ -39,9 +39,9 @@ def _scan_fragment(
 ) -> Fragment:
     contract = binding.contract_schema()
     if binding.connector is None:  # a system table: project it in memory
-        assert binding.local_table is not None
-        local = binding.local_table.select(needed) if needed else binding.local_table.select([0])
-        return ctx.add_fragment(lambda name: Fragment(name, None, None, None, (), local_table=local))
+        assert binding.local is not None
+        local = binding.local.project(needed)
+        return ctx.add_fragment(lambda name: Fragment(name, None, None, None, (), local=local))
 
     caps = binding.connector.capabilities
     projections = [exp.column(c, table=alias, quoted=True) for c in needed] or [exp.alias_("1", "__row", quoted=True)]

@@ -12,7 +12,8 @@ from sqlglot import exp
 from gateway.errors import NotFound
 from gateway.planner.context import PlanContext
 from gateway.planner.plan import Binding
-from gateway.names import CATALOG
+from gateway.names import CATALOG, SYSTEM_SCHEMA
+from gateway.system_products import SYSTEM_DOMAIN, system_products
 
 
 def resolve_products(expression: exp.Expression, ctx: PlanContext) -> exp.Expression:
@@ -38,11 +39,14 @@ def _bind(table: exp.Table, ctx: PlanContext) -> Binding:
         matches = [d.product_id for d in ctx.catalog.products() if d.name == table.name]
         hint = f"; did you mean {', '.join(matches)}?" if matches else ""
         raise NotFound(f"unknown relation '{table.name}': data products are named domain.product{hint}")
-    if _folded(table.args["db"]) == "information_schema":
-        rows = ctx.system_table(table.name.lower())
-        if rows is None:
-            raise NotFound(f"unknown system table 'information_schema.{table.name}' (have: schemata, tables, columns)")
-        return Binding(name, None, None, local_table=rows)
+    schema = _folded(table.args["db"])
+    if schema in (SYSTEM_SCHEMA, SYSTEM_DOMAIN):
+        found = ctx.system_table(schema, _folded(table.this))
+        if found is None:
+            have = "schemata, tables, columns" if schema == SYSTEM_SCHEMA else ", ".join(p.descriptor.name for p in system_products())
+            raise NotFound(f"unknown system table '{schema}.{table.name}' (have: {have})")
+        descriptor, rows = found
+        return Binding(name, descriptor, None, local=rows)
     descriptor = ctx.catalog.resolve(_folded(table.args["db"]), _folded(table.this))
     return Binding(name, descriptor, ctx.connector_for(descriptor))
 
