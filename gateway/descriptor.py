@@ -323,6 +323,12 @@ def _semantic_checks(doc: dict[str, Any], problems: list[str]) -> None:
     sla = spec.get("sla")
     if isinstance(sla, dict) and isinstance(sla.get("freshness_column"), str) and sla["freshness_column"] not in names:
         problems.append(f"spec.sla.freshness_column: no column '{sla['freshness_column']}' in spec.schema")
+    if isinstance(sla, dict):  # the SLA monitor's targets: percentages, and a score between 0 and 1
+        for key, top, unit in (("availability", 100, "a percentage"), ("completeness", 100, "a percentage"),
+                               ("quality_threshold", 1, "a score")):
+            value = sla.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value <= top:
+                problems.append(f"spec.sla.{key}: {value} is not between 0 and {top} ({unit})")
     policies = spec.get("policies")
     if isinstance(policies, dict) and isinstance(policies.get("masks"), list):
         for i, mask in enumerate(policies["masks"]):

@@ -107,6 +107,7 @@ class Engine:
             try:
                 with _measured(fragment), naming_products(fragment):
                     for batch in _read(scan, control):
+                        _scanned(fragment, batch.nbytes)
                         yield from _slices(_rename_batch(conform(batch, fragment.expected), schema))
             finally:
                 watchdog.stop()
@@ -136,6 +137,7 @@ class Engine:
                         batches = []
                         for batch in _read(scan, control):
                             budget.take(batch.nbytes)
+                            _scanned(fragment, batch.nbytes)
                             batches.append(conform(batch, fragment.expected))
                     table = pa.Table.from_batches(batches, schema=schema)
                 finally:
@@ -331,6 +333,12 @@ def _measured(fragment: BoundFragment) -> Iterator[None]:
         metrics.CONNECTOR_ERRORS.labels(kind).inc()
         raise
     metrics.CONNECTOR_FRAGMENT_SECONDS.labels(kind).observe(time.perf_counter() - started)
+
+
+def _scanned(fragment: BoundFragment, nbytes: int) -> None:
+    """``product_bytes_scanned_total``: a batch fetched from the source counts to each product it read."""
+    for product in fragment.products:
+        metrics.PRODUCT_BYTES_SCANNED.labels(metrics.product_label(product.rsplit("@", 1)[0])).inc(nbytes)
 
 
 @contextmanager

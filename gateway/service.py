@@ -193,7 +193,8 @@ class GatewayService:
             b"meshgate.age_seconds": f"{result.age_seconds:.3f}".encode(),
             b"meshgate.products": ",".join(planned.plan.products).encode(),
         })
-        finishing = self._finishing(result.reader, slots, record, _descriptors(planned.plan), started)
+        finishing = self._finishing(result.reader, slots, record, _descriptors(planned.plan), started,
+                                    metrics.consumer_domain(principal.attributes))
         return pa.RecordBatchReader.from_batches(schema, finishing)
 
     def _bind(self, planned: _Planned, parameters: Sequence[Any]) -> BoundPlan:
@@ -229,10 +230,12 @@ class GatewayService:
         return key, max_age, sla
 
     def _finishing(
-        self, reader: pa.RecordBatchReader, slots: list[_Slot], record: str, products: Sequence[Descriptor], started: float
+        self, reader: pa.RecordBatchReader, slots: list[_Slot], record: str, products: Sequence[Descriptor], started: float,
+        consumer_domain: str = "unknown",
     ) -> Iterator[pa.RecordBatch]:
         """Yield the reader's batches; when the stream ends or is dropped, free the query's slot,
-        complete its audit record with the rows returned and count it in the product metrics."""
+        complete its audit record with the rows returned and count it in the product metrics
+        (``consumer_domain``: the querying principal's domain, a bounded label)."""
         rows, status, error = 0, "ok", None
         try:
             for batch in reader:
@@ -249,9 +252,10 @@ class GatewayService:
             if status == "ok":
                 elapsed = time.perf_counter() - started
                 for d in products:
-                    metrics.PRODUCT_QUERIES.labels(d.product_id, d.domain).inc()
-                    metrics.PRODUCT_ROWS.labels(d.product_id).inc(rows)
-                    metrics.PRODUCT_QUERY_DURATION.labels(d.product_id).observe(elapsed)
+                    product = metrics.product_label(d.product_id)
+                    metrics.PRODUCT_QUERIES.labels(product, metrics.domain_label(d.domain), consumer_domain).inc()
+                    metrics.PRODUCT_ROWS.labels(product).inc(rows)
+                    metrics.PRODUCT_QUERY_DURATION.labels(product).observe(elapsed)
 
     # --- governance, without running anything ----------------------------------------------
 
@@ -263,7 +267,7 @@ class GatewayService:
             raise NotFound(f"'{product}' is not a product id: write domain.product")
         descriptor = self.registry.catalog().resolve(domain.lower(), name)
         self.policies.reload_if_changed(min_interval=1.0)
-        return self._product_decision(descriptor, action, self.policies.decide(principal, descriptor, action))
+        return self._product_decision(descriptor, action, self._decide(principal, descriptor, action))
 
     def rewrite(self, sql: str, principal: Principal) -> Rewrite:
         """The governed form of ``sql`` for ``principal`` (no source is contacted, nothing is
@@ -385,7 +389,7 @@ class GatewayService:
             catalog,
             self.sources.connector_for,
             lambda schema, name: system_relation(catalog, schema, name, SystemScope(principal, self, catalog, self._visible(principal))),
-            lambda descriptor: self.policies.decide(principal, descriptor),
+            lambda descriptor: self._decide(principal, descriptor),
             default_schema=default_schema,
         )
         plan = plan_statement(sql, statement, ctx)
@@ -396,6 +400,11 @@ class GatewayService:
         with self._plans_lock:
             self._plans[key] = planned
         return planned
+
+    def _decide(self, principal: Principal, descriptor: Descriptor, action: str = "read") -> Decision:
+        """The policy engine's decision, timed (``policy_evaluation_seconds``)."""
+        with metrics.POLICY_EVALUATION.time():
+            return self.policies.decide(principal, descriptor, action)
 
     def _estimates(self, plan: Plan) -> dict[str, int | None]:
         """Rows each fragment's products hold (the largest one's), from cached source statistics."""

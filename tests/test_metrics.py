@@ -68,10 +68,11 @@ def test_metrics_count_queries_cache_policy_and_connectors(served: tuple[Gateway
     status, text, headers = get(url + "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     before = samples(text)
-    alice = Principal("alice", frozenset({"analyst"}), {"region": "DE", "only_succeeded": True})
+    alice = Principal("alice", frozenset({"analyst"}), {"region": "DE", "only_succeeded": True, "domain": "Marketing"})
     sql = "SELECT o.status, count(*) AS n FROM orders.orders o JOIN payments.payments p USING (order_id) GROUP BY o.status"
-    rows = 0
-    for _ in range(3):  # a miss, then two hits
+    rows = service.execute(sql, alice).read_all().num_rows  # a miss
+    after_miss = samples(get(url + "/metrics")[1])
+    for _ in range(2):  # two hits
         rows += service.execute(sql, alice).read_all().num_rows
     service.execute("SELECT count(*) FROM customers.customers", alice).read_all()  # masked, filtered, not cached
     with pytest.raises(Exception, match="carriers"):
@@ -81,10 +82,18 @@ def test_metrics_count_queries_cache_policy_and_connectors(served: tuple[Gateway
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("product_queries_total", product_id="orders.orders", domain="orders") == 3
-    assert delta("product_queries_total", product_id="payments.payments", domain="payments") == 3
+    assert delta("product_queries_total", product_id="orders.orders", domain="orders", consumer_domain="marketing") == 3
+    assert delta("product_queries_total", product_id="payments.payments", domain="payments", consumer_domain="marketing") == 3
     assert delta("product_rows_returned_total", product_id="orders.orders") == rows
     assert delta("product_query_duration_seconds_count", product_id="payments.payments") == 3
+    assert delta("product_query_duration_seconds_sum", product_id="payments.payments") > 0
+    # the miss fetched orders and payments from their sources; the hits fetched nothing
+    assert delta("product_bytes_scanned_total", product_id="orders.orders") > 0
+    assert value(after_miss, "product_bytes_scanned_total", product_id="orders.orders") == value(
+        after, "product_bytes_scanned_total", product_id="orders.orders")
+    assert delta("product_bytes_scanned_total", product_id="customers.customers") > 0
+    assert delta("policy_evaluation_seconds_count") >= 3  # orders, payments, customers (carriers' denial too)
+    assert ("process_resident_memory_bytes", ()) in after and ("process_cpu_seconds_total", ()) in after
     assert delta("gateway_cache_hits_total") == 2 and delta("gateway_cache_misses_total") == 1
     assert value(after, "gateway_cache_bytes") > 0 and ("gateway_cache_evictions_total", ()) in after
     # orders x3 (small groups), payments x3 (row filter), customers (masks, row filter)
