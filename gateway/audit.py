@@ -72,6 +72,7 @@ class AuditLog:
         status: str | None = None,
         error: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        record_id: str | None = None,
     ) -> str:
         """Record a query and return its record id once the line is durable.
 
@@ -85,9 +86,10 @@ class AuditLog:
         - ``allowed`` / ``reasons``: override what the decisions say (a query rejected before
           any decision, e.g. a parse error, passes ``allowed=False`` and ``error``);
         - ``status``: ``running`` (default for allowed queries), ``denied`` (default otherwise),
-          or ``error``.
+          or ``error``;
+        - ``record_id``: the id to record under (the query history's own), else a new one.
         """
-        record_id = secrets.token_hex(12)
+        record_id = record_id or secrets.token_hex(12)
         decisions = dict(decisions or {})
         if allowed is None:
             allowed = all(bool(getattr(d, "allowed", False)) for d in decisions.values()) and error is None

@@ -28,6 +28,7 @@ from gateway.cache import BYPASS, DEFAULT_MAX_ENTRY_BYTES, ResultCache, Result, 
 from gateway.errors import MeshError, NotFound, QueryCancelled, ResourceExhausted, ShuttingDown
 from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.policy_report import ProductDecision, Rewrite
+from gateway.query_history import QueryEntry, QueryHistory
 from gateway.planner import Plan, PlanContext, bind, parse_statement, plan_statement
 from gateway.planner.bind import BoundFragment, bind_for_schema, typed_null, BoundPlan
 from gateway.planner.plan import Fragment, LocalRows
@@ -112,6 +113,7 @@ class GatewayService:
         self.recent: deque[QueryControl] = deque(maxlen=100)  # newest last; what each query sent
         size = default_cache_bytes() if settings.cache_bytes is None else settings.cache_bytes
         self.cache = cache if cache is not None else ResultCache(size, settings.cache_max_entry_bytes) if size > 0 else None
+        self.history = QueryHistory(self.audit.path)  # recent queries; earlier ones from the audit log
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -159,6 +161,7 @@ class GatewayService:
         for decision in planned.plan.decisions.values():
             metrics.POLICY_DECISIONS.labels(_decision_label(decision)).inc()
         audit = dict(client=client, products=_versions(planned.plan), decisions=planned.plan.decisions)
+        entry = self.history.begin(principal, sql, client, audit["products"], control.sent)
         started = time.perf_counter()
         slots: list[_Slot] = []
 
@@ -183,17 +186,19 @@ class GatewayService:
         except BaseException as err:
             for slot in slots:
                 slot.release()
-            self.audit.begin(principal, sql, fragments=control.sent, status="error", error=str(err), **audit)
+            self.audit.begin(principal, sql, fragments=control.sent, status="error", error=str(err), record_id=entry.id, **audit)
+            self.history.finish(entry, "cancelled" if isinstance(err, QueryCancelled) else "error", error=str(err))
             raise
         cache = {"cache": result.status, "age_seconds": round(result.age_seconds, 3)}
-        record = self.audit.begin(principal, sql, fragments=control.sent, extra=cache, **audit)
+        record = self.audit.begin(principal, sql, fragments=control.sent, extra=cache, record_id=entry.id, **audit)
+        self.history.cached(entry, result.status, result.age_seconds)
         schema = result.reader.schema.with_metadata({
             **(result.reader.schema.metadata or {}),
             b"meshgate.cache": result.status.encode(),
             b"meshgate.age_seconds": f"{result.age_seconds:.3f}".encode(),
             b"meshgate.products": ",".join(planned.plan.products).encode(),
         })
-        finishing = self._finishing(result.reader, slots, record, _descriptors(planned.plan), started,
+        finishing = self._finishing(result.reader, slots, record, _descriptors(planned.plan), started, entry,
                                     metrics.consumer_domain(principal.attributes))
         return pa.RecordBatchReader.from_batches(schema, finishing)
 
@@ -231,15 +236,17 @@ class GatewayService:
 
     def _finishing(
         self, reader: pa.RecordBatchReader, slots: list[_Slot], record: str, products: Sequence[Descriptor], started: float,
-        consumer_domain: str = "unknown",
+        entry: QueryEntry, consumer_domain: str = "unknown",
     ) -> Iterator[pa.RecordBatch]:
         """Yield the reader's batches; when the stream ends or is dropped, free the query's slot,
-        complete its audit record with the rows returned and count it in the product metrics
-        (``consumer_domain``: the querying principal's domain, a bounded label)."""
-        rows, status, error = 0, "ok", None
+        complete its audit record and history entry with the rows and bytes returned and count
+        it in the product metrics (``consumer_domain``: the querying principal's domain, a
+        bounded label)."""
+        rows, size, status, error = 0, 0, "ok", None
         try:
             for batch in reader:
                 rows += batch.num_rows
+                size += batch.nbytes
                 yield batch
         except BaseException as err:
             status, error = ("cancelled" if isinstance(err, (GeneratorExit, QueryCancelled)) else "error"), str(err)
@@ -248,7 +255,8 @@ class GatewayService:
             for slot in slots:
                 slot.release()
             reader.close()
-            self.audit.complete(record, rows=rows, status=status, error=error, durable=False)
+            self.audit.complete(record, rows=rows, status=status, error=error, bytes_out=size, durable=False)
+            self.history.finish(entry, status, rows, size, error)
             if status == "ok":
                 elapsed = time.perf_counter() - started
                 for d in products:
@@ -363,8 +371,10 @@ class GatewayService:
             denied = err.status == "PERMISSION_DENIED"
             if denied:
                 metrics.POLICY_DECISIONS.labels("deny").inc()
-            self.audit.begin(principal, sql, client=client, allowed=not denied, reasons=[err.message] if denied else None,
-                             status="denied" if denied else "error", error=err.message)
+            status = "denied" if denied else "error"
+            record = self.audit.begin(principal, sql, client=client, allowed=not denied,
+                                      reasons=[err.message] if denied else None, status=status, error=err.message)
+            self.history.refused(record, principal, sql, client, status, err.message)
             raise
 
     def _planned(self, sql: str, principal: Principal, default_schema: str | None = None) -> _Planned:
