@@ -472,6 +472,11 @@ class GatewayService:
         """This service's metadata as ``principal`` may see it (products it may read)."""
         return MetadataView(self, principal)
 
+    def may_read(self, principal: Principal, descriptor: Descriptor) -> bool:
+        """Whether ``principal`` may read ``descriptor``: what listings and lookups by id show it
+        (a product it may not read is invisible, as in Flight SQL metadata)."""
+        return self._visible(principal)(descriptor)
+
     def _visible(self, principal: Principal | None) -> Callable[[Descriptor], bool]:
         if principal is None:
             return lambda descriptor: True

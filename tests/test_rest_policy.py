@@ -34,22 +34,16 @@ from gateway.auth import Authenticator
 from gateway.flight.server import MeshFlightServer
 from gateway.rest import create_app, serve_http
 from gateway.service import GatewayService
-from gateway.users import UsersFile, add_user
+from gateway.users import UsersFile
 from policies.engine import PolicyEngine
 from tests.mesh import LiveMesh
+from tests.rest_api import PASSWORDS, write_users
 
 pytestmark = pytest.mark.postgres
 
 MESHGATE = [sys.executable, "-m", "gateway.cli"]
 POLICIES = Path(__file__).parent / "policies" / "governed"
-PASSWORDS = {"alice": "alice-Pw-1", "bob": "bob-Pw-22", "carol": "carol-Pw-333"}
 EVALUATE = "/api/v1/policy/evaluate"
-
-
-def write_users(path: Path) -> None:
-    add_user(path, "alice", PASSWORDS["alice"], ["analyst"], {"region": "DE", "only_succeeded": True})
-    add_user(path, "bob", PASSWORDS["bob"], ["analyst"], {"region": "US", "only_succeeded": False})
-    add_user(path, "carol", PASSWORDS["carol"], ["admin"], {"region": "FR"})
 
 
 @dataclass

@@ -181,7 +181,7 @@ def _serve(service, host: str, port: int, grace_period: float, banner: str = "",
         service.close()
         return 2
     if rest:
-        stderr.print(f"REST API on {rest.url} (POST /api/v1/policy/evaluate, GET /healthz)")
+        stderr.print(f"REST API on {rest.url} (routes described at {rest.url}/api/docs and /api/openapi.json)")
     if banner:
         stdout.print(banner, soft_wrap=True, highlight=False)  # SQL must stay copy-pasteable
     stop.wait()

@@ -9,9 +9,11 @@ Authentication: with ``users`` (an ``Authenticator``, or a ``UsersFile`` / path 
 <token>`` with a token the Flight SQL Handshake issued (pass the Flight server's ``Authenticator``
 to share its tokens). Without ``users`` every caller is ``anonymous`` (``--insecure-no-auth``).
 
-Errors are JSON: ``{"error": "...", "detail": "...", "field": "..."}`` (``field`` where one
-input field was wrong) with 400 (bad JSON), 401, 403, 404 (unknown product, user or route),
-405 or 422 (a field of the body is invalid).
+Errors are JSON (``ErrorBody``): ``{"error": "...", "detail": "...", "field": "...", "problems":
+[{"field", "message"}, ...]}`` with ``field`` naming the first wrong input field where there is one
+and ``problems`` listing every problem where there are several (an invalid body, an invalid
+descriptor), so a caller fixes a request in one round trip. Statuses: 400 (bad JSON), 401, 403,
+404 (unknown product, user or route), 405, 406, 409, 422 (the body is invalid), 503, 504.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.auth import AuthenticationFailed, Authenticator
@@ -49,19 +52,60 @@ _STATUS = {
 }
 
 
-class ApiError(Exception):
-    """An HTTP error with a JSON body naming what was wrong."""
+class Problem(BaseModel):
+    """One thing wrong with a request: where (a dotted field path) and what."""
 
-    def __init__(self, status: int, error: str, detail: str, field: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response of the API."""
+
+    error: str = Field(description="short name of the kind of error, e.g. 'invalid request'")
+    detail: str = Field(description="what was wrong, and what to do about it where that helps")
+    field: str | None = Field(None, description="the (first) input field that was wrong, where one was")
+    problems: list[Problem] | None = Field(None, description="every problem, where a request had several")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in ((401, "not authenticated"), (422, "invalid request: every problem listed"))
+}
+"""The error responses every ``/api`` route can give, for the OpenAPI description."""
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a route: ``ERRORS`` plus these statuses, all ``ErrorBody``."""
+    names = {400: "bad request", 403: "permission denied", 404: "not found (or not visible to the caller)",
+             406: "not acceptable: the Accept header names no supported media type", 409: "conflict",
+             503: "unavailable or at capacity", 504: "timed out"}
+    return {**ERRORS, **{s: {"model": ErrorBody, "description": names.get(s, "error")} for s in statuses}}
+
+
+class ApiError(Exception):
+    """An HTTP error with a JSON body naming what was wrong (``ErrorBody``)."""
+
+    def __init__(self, status: int, error: str, detail: str, field: str | None = None, headers: Mapping[str, str] | None = None,
+                 problems: Sequence[Problem] | None = None) -> None:
         super().__init__(detail)
         self.status, self.error, self.detail, self.field = status, error, detail, field
         self.headers = dict(headers or {})
+        self.problems = list(problems) if problems else None
 
     def response(self) -> JSONResponse:
         body: dict[str, Any] = {"error": self.error, "detail": self.detail}
         if self.field is not None:
             body["field"] = self.field
+        if self.problems:
+            body["problems"] = [p.model_dump() for p in self.problems]
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def path_problem(text: str) -> Problem:
+    """A ``"path: message"`` problem (as descriptor validation writes them) as a ``Problem``."""
+    path, sep, message = text.partition(": ")
+    return Problem(field=path, message=message) if sep and " " not in path else Problem(field="body", message=text)
 
 
 def _authenticator(users: Authenticator | UsersFile | Path | str | None) -> Authenticator | None:
@@ -85,8 +129,12 @@ def caller(request: Request) -> Principal:
             return authenticator.login(authorization).principal
         return authenticator.authenticate(authorization)
     except AuthenticationFailed as err:
-        raise ApiError(401, "unauthenticated", err.message,
-                       headers={"WWW-Authenticate": 'Basic realm="meshgate", charset="UTF-8"'}) from None
+        raise unauthenticated(err) from None
+
+
+def unauthenticated(err: AuthenticationFailed) -> ApiError:
+    """The 401 for a failed authentication, inviting Basic credentials."""
+    return ApiError(401, "unauthenticated", err.message, headers={"WWW-Authenticate": 'Basic realm="meshgate", charset="UTF-8"'})
 
 
 def create_app(service: Any, users: Authenticator | UsersFile | Path | str | None = None) -> FastAPI:
@@ -111,13 +159,15 @@ def create_app(service: Any, users: Authenticator | UsersFile | Path | str | Non
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
-        problems = err.errors()
-        first = problems[0] if problems else {}
-        location = [str(p) for p in first.get("loc", ()) if p != "body"]
-        if first.get("type") == "json_invalid":
-            return ApiError(400, "invalid JSON", f"the request body is not valid JSON: {first.get('msg', '')}").response()
-        field = ".".join(location) or "body"
-        return ApiError(422, "invalid request", f"{field}: {first.get('msg', 'invalid')}", field).response()
+        found = err.errors()
+        invalid_json = next((p for p in found if p.get("type") == "json_invalid"), None)
+        if invalid_json is not None:
+            return ApiError(400, "invalid JSON", f"the request body is not valid JSON: {invalid_json.get('msg', '')}").response()
+        problems = [Problem(field=_location(p.get("loc", ())), message=p.get("msg", "invalid")) for p in found]
+        if not problems:
+            problems = [Problem(field="body", message="invalid")]
+        detail = "; ".join(f"{p.field}: {p.message}" for p in problems)
+        return ApiError(422, "invalid request", detail, problems[0].field, problems=problems).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -127,6 +177,14 @@ def create_app(service: Any, users: Authenticator | UsersFile | Path | str | Non
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def _location(loc: Sequence[Any]) -> str:
+    """``("body", "columns", 2)`` as ``columns[2]``; ``("query", "limit")`` as ``limit``."""
+    path = ""
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or "body"
 
 
 # --- serving --------------------------------------------------------------------------------------

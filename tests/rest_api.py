@@ -1,0 +1,98 @@
+"""A real REST API for tests: ``create_app`` over a GatewayService on the live demo mesh, served by
+uvicorn on a socket, sharing its ``Authenticator`` with a Flight SQL server (so tokens from either
+side work on both), with users alice and bob (analysts in DE and US) and carol (admin)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from gateway.audit import AuditLog
+from gateway.auth import Authenticator
+from gateway.flight.server import MeshFlightServer
+from gateway.registry import Registry
+from gateway.rest import create_app, serve_http
+from gateway.service import GatewayService, Settings
+from gateway.users import UsersFile, add_user
+from policies.engine import PolicyEngine
+
+GOVERNED = Path(__file__).parent / "policies" / "governed"
+PASSWORDS = {"alice": "alice-Pw-1", "bob": "bob-Pw-22", "carol": "carol-Pw-333"}
+
+
+def write_users(path: Path) -> None:
+    add_user(path, "alice", PASSWORDS["alice"], ["analyst"], {"region": "DE", "only_succeeded": True})
+    add_user(path, "bob", PASSWORDS["bob"], ["analyst"], {"region": "US", "only_succeeded": False})
+    add_user(path, "carol", PASSWORDS["carol"], ["admin"], {"region": "FR"})
+
+
+def basic(user: str, password: str | None = None) -> str:
+    credentials = f"{user}:{password if password is not None else PASSWORDS.get(user, 'wrong')}"
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
+
+
+@dataclass
+class Api:
+    url: str
+    flight_uri: str
+    service: GatewayService
+    servers: list[Any] = field(default_factory=list)
+
+    def call(self, path: str, body: Any = None, user: str | None = "alice", token: str | None = None,
+             method: str | None = None, raw: bytes | None = None, headers: dict[str, str] | None = None) -> Response:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.url + path, data=data, method=method or ("POST" if data is not None else "GET"))
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        elif user is not None:
+            request.add_header("Authorization", basic(user))
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return Response(response.status, dict(response.headers), response.read())
+        except urllib.error.HTTPError as error:
+            return Response(error.code, dict(error.headers), error.read())
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop() if hasattr(server, "stop") else server.shutdown()
+        self.service.close()
+
+
+def start_api(registry: Registry, tmp: Path, policies: Path = GOVERNED, settings: Settings = Settings()) -> Api:
+    write_users(tmp / "users.yaml")
+    authenticator = Authenticator(UsersFile(tmp / "users.yaml"))
+    service = GatewayService(registry, settings, policies=PolicyEngine.load(policies),
+                             audit=AuditLog(tmp / f"audit-{uuid.uuid4().hex[:8]}.log"))
+    flight_server = MeshFlightServer("grpc://127.0.0.1:0", service, authenticator=authenticator)
+    http = serve_http(create_app(service, authenticator), "127.0.0.1", 0)
+    return Api(http.url, f"grpc://127.0.0.1:{flight_server.port}", service, [http, flight_server])
+
+
+def api_fixture(api: Api) -> Iterator[Api]:
+    try:
+        yield api
+    finally:
+        api.close()
