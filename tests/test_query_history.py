@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -340,6 +341,22 @@ def test_top_once_shows_running_recent_and_per_product_figures(gateway: Gateway)
     assert as_alice.returncode == 0 and "queries of alice" in as_alice.stdout
     assert "payments.payments" in as_alice.stdout and "Running (0)" in as_alice.stdout
     assert f"'{tag}' AS t" not in as_alice.stdout and f"{tag}-long" not in as_alice.stdout  # bob's
+
+
+def test_top_fills_the_terminal_and_no_more(gateway: Gateway) -> None:
+    """The live view shows as many recent queries as fit below the running and product tables."""
+    from rich.console import Console
+
+    from gateway.cli.top import Snapshot, render
+
+    for n in range(40):
+        gateway.service.execute(f"SELECT {n} AS n", ALICE).read_all()
+    queries = [entry.as_dict() for entry in gateway.service.history.entries()]
+    for height in (24, 40):
+        console = Console(width=150, height=height, record=True)
+        console.print(render(Snapshot("test", queries, datetime.now(timezone.utc), None), recent=None, height=height))
+        lines = console.export_text().rstrip("\n").splitlines()
+        assert height - 3 <= len(lines) <= height, (height, len(lines))
 
 
 def test_top_errors(gateway: Gateway, free_port: Any) -> None:

@@ -51,10 +51,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     top.add_argument("--once", action="store_true", help="print one frame and exit")
     top.add_argument("--interval", type=_positive, default=1.0, help="seconds between refreshes (default 1)")
     top.add_argument("--window", type=_positive, default=60.0, help="seconds the per-product figures cover (default 60)")
-    top.add_argument("--recent", type=int, default=15, help="recent queries shown (default 15)")
+    top.add_argument("--recent", type=_count, default=None,
+                     help="recent queries shown (default: as many as the terminal has room for; 15 with --once)")
     top.add_argument("--audit-log", type=Path, default=None,
                      help="show the queries of this audit log instead of asking a gateway (prints one frame)")
     top.set_defaults(handler=cmd_top)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
+    return int(text)
 
 
 def _positive(text: str) -> float:
@@ -81,7 +88,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     try:
         fetch = _audit_fetcher(args.audit_log) if args.audit_log else _rest_fetcher(args.server, args.user)
         if args.once or args.audit_log:
-            stdout.print(render(fetch(), args.window, args.recent))
+            stdout.print(render(fetch(), args.window, args.recent or 15))
             return 0
         return _live(fetch, args)
     except TopError as err:
@@ -140,7 +147,7 @@ def _live(fetch: Callable[[], Snapshot], args: argparse.Namespace) -> int:
 
     def frame() -> RenderableType:
         try:
-            return render(fetch(), args.window, args.recent)
+            return render(fetch(), args.window, args.recent, stdout.size.height)
         except TopError as err:
             return Text(f"meshgate top: {err} (retrying every {args.interval:g} s; q quits)", style="red")
 
@@ -185,12 +192,16 @@ class _KeyReader:
 # --- one frame ----------------------------------------------------------------------------------
 
 
-def render(snapshot: Snapshot, window: float = 60.0, recent: int = 15) -> RenderableType:
-    """The frame: a header, running queries, per-product figures, recent queries."""
+def render(snapshot: Snapshot, window: float = 60.0, recent: int | None = 15, height: int | None = None) -> RenderableType:
+    """The frame: a header, running queries, per-product figures, recent queries (``recent`` of
+    them; None: as many as fit in ``height`` lines below the rest)."""
     running = [q for q in snapshot.queries if q.get("status") == "running"]
     finished = [q for q in snapshot.queries if q.get("status") != "running"]
     since = snapshot.now - timedelta(seconds=window)
     in_window = [q for q in finished if (_parse_time(q.get("started")) or snapshot.now) >= since]
+    if recent is None:  # three tables of title, header and borders (5 lines each), two header lines
+        products = len(product_stats(in_window, window))
+        recent = max(3, (height or 40) - 17 - max(1, len(running)) - max(1, products))
     whose = f"queries of {snapshot.principal}" if snapshot.principal else "every principal's queries"
     header = Text.assemble(
         ("meshgate top", "bold"), f"  {snapshot.source}  ", (whose, "dim"),
@@ -204,7 +215,7 @@ def render(snapshot: Snapshot, window: float = 60.0, recent: int = 15) -> Render
 
 def _running_table(queries: list[dict[str, Any]], now: datetime) -> Table:
     table = Table(title=f"Running ({len(queries)})", title_justify="left", expand=True)
-    for name, kwargs in (("id", {}), ("principal", {}), ("elapsed", {"justify": "right"}), ("products", {}),
+    for name, kwargs in (("id", {}), ("principal", {}), ("elapsed", {"justify": "right"}), ("products", {"max_width": 36}),
                          ("fragments", {"justify": "right"}), ("sql", {"ratio": 1})):
         table.add_column(name, no_wrap=True, overflow="ellipsis", **kwargs)
     for q in sorted(queries, key=lambda q: q.get("duration_ms") or 0, reverse=True):
@@ -257,7 +268,7 @@ def _recent_table(queries: list[dict[str, Any]]) -> Table:
     table = Table(title=f"Recent ({len(queries)})", title_justify="left", expand=True)
     for name, kwargs in (("finished", {}), ("principal", {}), ("status", {}), ("ms", {"justify": "right"}),
                          ("rows", {"justify": "right"}), ("bytes", {"justify": "right"}), ("cache", {}),
-                         ("products", {}), ("sql", {"ratio": 1})):
+                         ("products", {"max_width": 36}), ("sql", {"ratio": 1})):
         table.add_column(name, no_wrap=True, overflow="ellipsis", **kwargs)
     for q in queries:
         status = q.get("status") or ""
