@@ -6,8 +6,8 @@ They live in prometheus-client's default registry (which also has the ``process_
 Label values are bounded so a scrape stays small whatever the traffic: ``product_id`` and
 ``domain`` come from the registry, but only the first ``MESHGATE_METRICS_MAX_PRODUCTS``
 (default 200) products seen get their own series, later ones are counted as ``other``;
-``consumer_domain`` is the querying principal's ``domain`` attribute (``unknown`` without one,
-at most 50 values); never a principal's name or a query's text.
+``consumer_domain`` is the querying principal's ``domain`` (or ``team``) attribute (``unknown``
+without one, at most 50 values); never a principal's name or a query's text.
 """
 
 from __future__ import annotations
@@ -52,14 +52,16 @@ product_label = BoundedLabel(int(os.environ.get("MESHGATE_METRICS_MAX_PRODUCTS",
 domain_label = BoundedLabel(int(os.environ.get("MESHGATE_METRICS_MAX_PRODUCTS", "200")))
 consumer_domain_label = BoundedLabel(50)
 
-CONSUMER_DOMAIN_ATTRIBUTE = "domain"
-"""The principal attribute that names the domain a consumer belongs to (``consumer_domain``)."""
 
 
-def consumer_domain(attributes: Mapping[str, Any]) -> str:
-    """The ``consumer_domain`` label of a principal with these attributes."""
-    value = attributes.get(CONSUMER_DOMAIN_ATTRIBUTE)
-    return consumer_domain_label(str(value).lower()) if isinstance(value, str) and value else "unknown"
+def consumer_domain(principal: Any) -> str:
+    """The ``consumer_domain`` label of a principal: its ``domain`` (or ``team``) attribute, else the
+    domain of its ``owner:<domain>`` role, else ``unknown`` (the rule ``gateway/usage.py`` uses)."""
+    attributes: Mapping[str, Any] = principal.attributes
+    value = attributes.get("domain") or attributes.get("team")
+    if not value:
+        value = min((r.split(":", 1)[1] for r in principal.roles if r.startswith("owner:") and len(r) > 6), default=None)
+    return consumer_domain_label(str(value).lower()) if value else "unknown"
 
 
 AUTH_FAILURES = Counter(

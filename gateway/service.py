@@ -114,6 +114,7 @@ class GatewayService:
         size = default_cache_bytes() if settings.cache_bytes is None else settings.cache_bytes
         self.cache = cache if cache is not None else ResultCache(size, settings.cache_max_entry_bytes) if size > 0 else None
         self.history = QueryHistory(self.audit.path)  # recent queries; earlier ones from the audit log
+        self.sla_monitor: Any = None  # the background SLA monitor when one runs (gateway/sla_monitor.py), for /readyz and REST
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -199,7 +200,7 @@ class GatewayService:
             b"meshgate.products": ",".join(planned.plan.products).encode(),
         })
         finishing = self._finishing(result.reader, slots, record, _descriptors(planned.plan), started, entry,
-                                    metrics.consumer_domain(principal.attributes))
+                                    metrics.consumer_domain(principal))
         return pa.RecordBatchReader.from_batches(schema, finishing)
 
     def _bind(self, planned: _Planned, parameters: Sequence[Any]) -> BoundPlan:

@@ -364,6 +364,7 @@ class SlaMonitor:
     ``registry`` is the product registry (its database also holds the history); ``connector_for``
     gives a product's connector (the gateway's ``SourceManager.connector_for``, so checks use its
     pooled connections). ``clock`` (Unix seconds) is what schedules and ages are measured with.
+    With ``usage`` (the audit log's ``UsageIndex``) it also keeps ``product_consumers`` current.
     """
 
     def __init__(
@@ -376,6 +377,7 @@ class SlaMonitor:
         max_concurrent: int = 4,
         availability_window: float = DEFAULT_AVAILABILITY_WINDOW,
         tick: float = 1.0,
+        usage: Any = None,
     ) -> None:
         self.registry = registry
         self.store = store_for(registry)
@@ -386,6 +388,8 @@ class SlaMonitor:
         self.max_concurrent = max(1, max_concurrent)
         self.availability_window = availability_window
         self.tick = tick
+        self.usage = usage
+        self._usage_at = float("-inf")  # time.monotonic() of the last product_consumers update
         self.last_cycle: float | None = None  # the monitor's clock at its last scheduling pass
         self.cycle_error: str | None = None
         self._checks: dict[str, _Check] = {}  # product id -> its running (or timed-out, still running) check
@@ -422,6 +426,7 @@ class SlaMonitor:
         try:
             recorded = self._reap()
             self._launch(self._due())
+            self._export_consumers()
             self.last_cycle, self.cycle_error = self.clock(), None
             return recorded
         except Exception as err:  # noqa: BLE001 - the monitor must outlive any failure (the registry locked, ...)
@@ -474,6 +479,14 @@ class SlaMonitor:
                 due.append(d)
         due.sort(key=lambda d: self._last_started.get(d.product_id, (0.0, ""))[0])  # the longest waiting first
         return due[: max(0, room)]
+
+    def _export_consumers(self, every: float = 60.0) -> None:
+        """``product_consumers`` from the audit log's usage, at most once a minute."""
+        if self.usage is None or time.monotonic() - self._usage_at < every:
+            return
+        self._usage_at = time.monotonic()
+        for product_id, (_queries, consumers) in self.usage.counts().items():
+            metrics.PRODUCT_CONSUMERS.labels(metrics.product_label(product_id)).set(consumers)
 
     def _launch(self, descriptors: Sequence[Descriptor]) -> None:
         for d in descriptors:

@@ -324,8 +324,12 @@ def test_webhook_retries_a_failing_receiver() -> None:
 def test_product_label_is_bounded() -> None:
     label = metrics.BoundedLabel(2)
     assert [label(v) for v in ("a.x", "b.y", "c.z", "a.x", "Robert'); DROP")] == ["a.x", "b.y", "other", "a.x", "other"]
-    assert metrics.consumer_domain({"domain": "Finance"}) == "finance"
-    assert metrics.consumer_domain({"team": "x"}) == "unknown"
+    from policies import Principal
+
+    assert metrics.consumer_domain(Principal("a", frozenset(), {"domain": "Finance", "team": "x"})) == "finance"
+    assert metrics.consumer_domain(Principal("b", frozenset(), {"team": "growth"})) == "growth"
+    assert metrics.consumer_domain(Principal("c", frozenset({"owner:sales"}), {})) == "sales"
+    assert metrics.consumer_domain(Principal("d", frozenset({"analyst"}), {"region": "DE"})) == "unknown"
 
 
 def test_descriptor_rejects_out_of_range_targets(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Each command group lives in its own module with an ``add_commands(subparsers)`` that adds its
 parsers and sets each one's ``handler``; this module only assembles them and maps errors to exit
 codes: 0 success, 1 a query or server failure, 2 bad input (usage, invalid descriptor, invalid
-SQL) with a message on stderr saying what was wrong and where. ``meshgate policy check``: 0
+SQL) with a message on stderr saying what was wrong and where. ``meshgate sla check``: 0 every
+product meets its SLA, 1 one breaches it, 2 bad input. ``meshgate policy check``: 0
 allowed, 1 denied, 2 bad input; ``meshgate policy test``: 0 every case passed, 1 a case failed,
 2 bad input.
 """
@@ -14,14 +15,14 @@ import argparse
 from typing import Sequence
 
 from gateway import __version__
-from gateway.cli import policy, product, query, serve, top, user
+from gateway.cli import policy, product, query, serve, sla, top, user
 from gateway.cli.common import load_descriptors, print_descriptor_errors, stderr
 from gateway.errors import InvalidDescriptor, MeshError
 from policies.loader import PolicyError
 
 __all__ = ["build_parser", "load_descriptors", "main"]
 
-COMMAND_GROUPS = (serve, query, top, product, policy, user)
+COMMAND_GROUPS = (serve, query, top, product, policy, user, sla)
 """The modules whose ``add_commands`` make up the command line, in ``--help`` order."""
 
 

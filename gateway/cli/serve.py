@@ -77,6 +77,23 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace-period", type=float, default=30.0, help="seconds running queries get to finish on SIGTERM")
     parser.add_argument("--policies", type=Path, default=None, help="policy directory: global/*.yaml, domains/<domain>/*.yaml (default: the packaged policies)")
     parser.add_argument("--audit-log", type=Path, default=None, help="audit log file (default: audit.log beside the registry)")
+    parser.add_argument("--no-sla-monitor", action="store_true", help="do not check products against their SLA in the background")
+    parser.add_argument("--alert-webhook", default=None, metavar="URL", help="POST SLA alerts (JSON) to this URL")
+    parser.add_argument("--sla-check-timeout", type=float, default=30.0, help="seconds one product's SLA check may take (default 30)")
+    parser.add_argument("--sla-availability-window", type=_duration, default=24 * 3600.0,
+                        help="the window product_availability_ratio is measured over (default 24h)")
+
+
+def _duration(text: str) -> float:
+    from gateway.cache import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not seconds or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive duration")
+    return seconds
 
 
 def register_paths(registry, paths: list[Path]) -> list[tuple[str, str, str]]:  # noqa: ANN001
@@ -121,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         tls = _tls(args)
         authenticator = _authenticator(args.users, args.token_ttl) if args.users is not None else None
+        _monitor_options(args)
     except (UsersFileError, ValueError) as err:
         stderr.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
         return 2
@@ -138,7 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for product_id, version, state in register_paths(registry, args.products):
             stderr.print(f"{state:>10}  {product_id} {version}")
     http = (args.http_host or args.host, args.http_port)
-    return _serve(_service(args, registry), args.host, args.port, args.grace_period, authenticator=authenticator, tls=tls, http=http)
+    return _serve(_service(args, registry), args.host, args.port, args.grace_period, authenticator=authenticator, tls=tls,
+                  http=http, monitor=_monitor_options(args))
 
 
 def _authenticator(users_file: Path, token_ttl: float):  # noqa: ANN202 - keeps --help fast
@@ -164,8 +183,44 @@ def _tls(args: argparse.Namespace):  # noqa: ANN202
     return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
+def _monitor_options(args: argparse.Namespace) -> dict | None:
+    """The SLA monitor's settings from the flags; None with --no-sla-monitor. ValueError for a bad --alert-webhook."""
+    from gateway.alerts import check_webhook_url
+
+    if args.no_sla_monitor:
+        return None
+    if args.alert_webhook:
+        check_webhook_url(args.alert_webhook)
+    return {"webhook": args.alert_webhook, "check_timeout": args.sla_check_timeout,
+            "availability_window": args.sla_availability_window}
+
+
+def _start_monitor(service, options: dict):  # noqa: ANN001, ANN202
+    """The background SLA monitor over the service's registry and pooled connectors; its alerts
+    and breaches are logged to stderr."""
+    import logging
+
+    from gateway.alerts import AlertSink
+    from gateway.sla_monitor import SlaMonitor
+    from gateway.usage import service_usage
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for name in ("gateway.alerts", "gateway.sla_monitor"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = False
+    monitor = SlaMonitor(service.registry, service.sources.connector_for, AlertSink(options["webhook"]),
+                         check_timeout=options["check_timeout"], availability_window=options["availability_window"],
+                         usage=service_usage(service))
+    service.sla_monitor = monitor
+    monitor.start()
+    return monitor
+
+
 def _serve(service, host: str, port: int, grace_period: float, banner: str = "", authenticator=None, tls=None,  # noqa: ANN001
-           http: tuple[str, int | None] | None = None) -> int:
+           http: tuple[str, int | None] | None = None, monitor: dict | None = None) -> int:
     from gateway.flight.server import serve
 
     # Handlers first: a SIGTERM during start-up (the REST API takes a moment) must drain, not kill.
@@ -182,6 +237,10 @@ def _serve(service, host: str, port: int, grace_period: float, banner: str = "",
         return 2
     if rest:
         stderr.print(f"REST API on {rest.url} (routes described at {rest.url}/api/docs and /api/openapi.json)")
+    sla = _start_monitor(service, monitor) if monitor is not None else None
+    if sla is not None:
+        stderr.print(f"SLA monitor on: {len(sla.monitored())} products on their schedules"
+                     + (f", alerts to {monitor['webhook']}" if monitor["webhook"] else ""))
     if banner:
         stdout.print(banner, soft_wrap=True, highlight=False)  # SQL must stay copy-pasteable
     stop.wait()
@@ -194,6 +253,8 @@ def _serve(service, host: str, port: int, grace_period: float, banner: str = "",
     threading.Thread(target=server.shutdown, daemon=True).start()  # waits for in-flight calls
     if rest:
         rest.stop(timeout=5.0)
+    if sla is not None:
+        sla.stop(timeout=5.0)
     time.sleep(0.2)
     service.close()
     stderr.print("stopped")
@@ -224,6 +285,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo_data import generate_demo_mesh
     from gateway.demo_users import ensure_demo_users
 
+    try:
+        monitor = _monitor_options(args)
+    except ValueError as err:
+        stderr.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
+        return 2
     data_dir = args.data_dir or meshgate_home() / "demo"
     mesh = generate_demo_mesh(data_dir, scale=args.scale, postgres_uri=args.postgres, progress=True)
     for note in mesh.notes:
@@ -238,7 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     authenticator = _authenticator(accounts.users_file, 3600.0)
     banner = _demo_banner(args.port, mesh, accounts)
     return _serve(_service(args, registry), "127.0.0.1", args.port, args.grace_period, banner, authenticator=authenticator,
-                  http=("127.0.0.1", args.http_port))
+                  http=("127.0.0.1", args.http_port), monitor=monitor)
 
 
 def _demo_banner(port: int, mesh, accounts) -> str:  # noqa: ANN001

@@ -3,7 +3,9 @@
 - ``GET /healthz``: ``{"status": "ok"}``.
 - ``GET /readyz``: 200 when the registry is readable, the policies loaded without error and every
   source answers a cheap probe (its first product, ``LIMIT 0``, within 2 s); 503 otherwise.
-  The body has each check and a ``sources`` list with per-source detail.
+  The body has each check and a ``sources`` list with per-source detail, and, when the SLA
+  monitor runs, its state (``sla_monitor``: running, last pass, products breaching their SLA),
+  which does not affect readiness.
 - ``GET /metrics``: Prometheus text format (``gateway/metrics.py``).
 """
 
@@ -66,6 +68,12 @@ def readiness(service: Any, timeout: float = 2.0) -> dict[str, Any]:
             detail |= {"ok": True, "source": future.result()[0], "latency_ms": future.result()[1]}
         report["sources"].append(detail)
     report["ready"] = report["policies"]["ok"] and all(s["ok"] for s in report["sources"])
+    monitor = getattr(service, "sla_monitor", None)
+    if monitor is not None:  # informational: a product breaching its SLA does not make the gateway unready
+        try:
+            report["sla_monitor"] = monitor.state()
+        except Exception as err:  # noqa: BLE001
+            report["sla_monitor"] = {"running": monitor.running, "error": str(err)[:300]}
     return report
 
 
