@@ -37,6 +37,8 @@ class Capabilities:
     ``portable_filters_only`` marks engines whose expression semantics differ from
     PostgreSQL's beyond what the dialect translation covers (SQLite keeps dates as text, say):
     they get only comparisons of columns with literals, which mean the same everywhere.
+    ``regex`` says the dialect has a regular-expression match (PostgreSQL's ``~``), which
+    contract ``pattern`` checks need; SQLite has no REGEXP function unless one is loaded.
     ``max_in_list`` is the longest ``IN (...)`` list of join keys (a dynamic filter) worth
     sending: parsing a literal list costs DuckDB about 10 µs per value, PostgreSQL far less.
     """
@@ -48,6 +50,7 @@ class Capabilities:
     aggregates: bool = False
     full_sql: bool = False
     portable_filters_only: bool = False
+    regex: bool = True
     max_in_list: int = 5_000
 
 

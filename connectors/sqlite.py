@@ -41,7 +41,7 @@ class SQLiteConnector(AdbcConnector):
     kind: ClassVar[str] = "sqlite"
     dialect: ClassVar[str] = "sqlite"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        joins=True, aggregates=False, full_sql=False, portable_filters_only=True, max_in_list=50_000
+        joins=True, aggregates=False, full_sql=False, portable_filters_only=True, regex=False, max_in_list=50_000
     )
     dbapi = adbc_driver_sqlite.dbapi
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -164,23 +165,108 @@ _STR_LIST = _list_of(_STR)
 _DURATION = _typed(str, pattern=DURATION, what="a duration like 30s, 5m, 1h or 1d")
 _CONDITIONS = _typed(dict, what="a mapping of attribute to value")
 
+CLASSIFICATIONS = ("public", "internal", "confidential", "restricted")
+_BOUND = _typed(int, float, str, what="a number, or an ISO date or timestamp in quotes")
+
 _COLUMN = _object(
     {
         "name": (True, _typed(str, pattern=NAME, what="a lower-case name matching [a-z][a-z0-9_]*")),
         "type": (True, _column_type),
         "required": (False, _BOOL),
         "primary_key": (False, _BOOL),
+        "unique": (False, _BOOL),
         "description": (False, _STR),
         "pii": (False, _BOOL),
-        "classification": (False, _typed(str, choices=("public", "internal", "confidential", "restricted"))),
+        "classification": (False, _typed(str, choices=CLASSIFICATIONS)),
         "pattern": (False, _STR),
-        "enum": (False, _list_of(_typed(str, int, float, what="a scalar"))),
-        "min": (False, _NUM),
-        "max": (False, _NUM),
-        "references": (False, _STR),
+        "enum": (False, _list_of(_typed(str, int, float, what="a scalar"), min_items=1)),
+        "min": (False, _BOUND),
+        "max": (False, _BOUND),
+        "references": (False, _typed(str, pattern=re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"),
+                                     what="a column of another product, domain.product.column")),
         "tags": (False, _STR_LIST),
     }
 )
+
+
+def _column_constraints(column: dict[str, Any], path: str, problems: list[str]) -> None:
+    """Constraints that must fit the column's type and each other: an enum of the column's
+    values (never on a boolean), min/max on numbers and dates only and min <= max, a pattern
+    only on strings and a valid regular expression. Without these a contract could promise
+    what no check can verify, and its quality gates would fail with a SQL error instead."""
+    try:
+        family = parse_type(column.get("type")).family
+    except ValueError:
+        return  # reported by the structural check
+    kind = f"{'an' if str(column['type'])[0] in 'aeiou' else 'a'} {column['type']} column"
+    enum = column.get("enum")
+    if isinstance(enum, list):
+        if family not in ("string", "integer", "number"):
+            problems.append(f"{path}.enum: not supported on {kind} (only on string and numeric columns)")
+        else:
+            for i, value in enumerate(enum):
+                if not _fits(value, family):
+                    problems.append(f"{path}.enum[{i}]: {value!r} is not a value of {kind}")
+            for i, value in enumerate(enum):
+                if value in enum[:i]:
+                    problems.append(f"{path}.enum[{i}]: duplicate value {value!r}")
+    bounds = {}
+    for key in ("min", "max"):
+        if key not in column or isinstance(column[key], bool):
+            continue
+        value = column[key]
+        if family not in ("integer", "number", "date", "timestamp"):
+            problems.append(f"{path}.{key}: not supported on {kind} (only on numbers, dates and timestamps; "
+                            "use pattern or enum for strings)")
+        elif not _fits(value, family):
+            want = "a number" if family in ("integer", "number") else f"an ISO {family} like 2024-01-31"
+            problems.append(f"{path}.{key}: {value!r} is not a value of {kind} (expected {want})")
+        else:
+            bounds[key] = _ordered(value, family)
+    if len(bounds) == 2 and bounds["min"] > bounds["max"]:
+        problems.append(f"{path}: min ({column['min']!r}) is greater than max ({column['max']!r}); no value can pass")
+    pattern = column.get("pattern")
+    if isinstance(pattern, str):
+        if family != "string":
+            problems.append(f"{path}.pattern: not supported on {kind} (only on string columns)")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            problems.append(f"{path}.pattern: not a valid regular expression: {err}")
+    if column.get("primary_key") is True and column.get("required") is False:
+        problems.append(f"{path}.required: a primary key column is always required; remove 'required: false'")
+    tags = column.get("tags")
+    if isinstance(tags, list) and any(isinstance(t, str) and t.lower() == "pii" for t in tags):
+        problems.append(f"{path}.tags: write 'pii: true' instead of a 'pii' tag (governance reads pii)")
+
+
+def _fits(value: Any, family: str) -> bool:
+    """Is ``value`` (from YAML) a value of a column of ``family``?"""
+    if isinstance(value, bool):
+        return False
+    if family == "string":
+        return isinstance(value, str)
+    if family == "integer":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if family == "number":
+        return isinstance(value, (int, float))
+    if family in ("date", "timestamp") and isinstance(value, str):
+        try:
+            (date.fromisoformat if family == "date" else datetime.fromisoformat)(value)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def _ordered(value: Any, family: str) -> Any:
+    """``value`` in a form that orders as the column's values do (dates as dates, not text)."""
+    if family == "date":
+        return date.fromisoformat(value)
+    if family == "timestamp":
+        parsed = datetime.fromisoformat(value)
+        return parsed if parsed.tzinfo is None else parsed.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
 
 _SPEC = _object(
     {
@@ -195,7 +281,8 @@ _SPEC = _object(
                 }
             ),
         ),
-        "schema": (True, _list_of(_COLUMN, min_items=1)),
+        "schema": (False, _list_of(_COLUMN, min_items=1)),
+        "contract_ref": (False, _STR),
         "compatibility": (False, _typed(str, choices=COMPATIBILITY)),
         "deprecation": (False, _object({"notice_days": (False, _typed(int, what="a whole number of days"))})),
         "sla": (
@@ -299,11 +386,23 @@ def _semantic_checks(doc: dict[str, Any], problems: list[str]) -> None:
         problems.append(f"metadata.domain: '{meta['domain']}' is reserved for system products")
     if not isinstance(spec, dict):
         return
+    if "schema" in spec and "contract_ref" in spec:
+        problems.append("spec: give either schema (inline) or contract_ref (an ODCS file), not both")
+    elif "schema" not in spec and "contract_ref" not in spec:
+        problems.append("spec.schema: required (or give contract_ref: an ODCS contract file)")
     columns = spec.get("schema") if isinstance(spec.get("schema"), list) else []
     names = [c.get("name") for c in columns if isinstance(c, dict)]
     for i, name in enumerate(names):
         if name in names[:i]:
             problems.append(f"spec.schema[{i}].name: duplicate column '{name}'")
+    for i, column in enumerate(columns):
+        if isinstance(column, dict):
+            _column_constraints(column, f"spec.schema[{i}]", problems)
+    rules = spec.get("quality") if isinstance(spec.get("quality"), list) else []
+    rule_names = [r.get("name") for r in rules if isinstance(r, dict)]
+    for i, name in enumerate(rule_names):
+        if name in rule_names[:i]:
+            problems.append(f"spec.quality[{i}].name: duplicate rule '{name}'")
     source = spec.get("source")
     if isinstance(source, dict) and isinstance(source.get("connector"), str):
         kind = source["connector"]
@@ -337,13 +436,26 @@ def _semantic_checks(doc: dict[str, Any], problems: list[str]) -> None:
 
 
 def validate(doc: Any, source: str = "<descriptor>", base_dir: Path | None = None) -> Descriptor:
-    """Validate a parsed descriptor document; raise ``InvalidDescriptor`` listing every problem."""
+    """Validate a parsed descriptor document; raise ``InvalidDescriptor`` listing every problem.
+
+    A ``spec.contract_ref`` is resolved first: the ODCS file's schema (and quality rules) become
+    the descriptor's ``spec.schema`` (and are appended to its ``spec.quality``), so the
+    validated ``raw`` document is self-contained (the registry stores it; a later edit of the
+    ODCS file changes nothing until the product is registered again). Problems in what came
+    from the ODCS file are reported at their place in that file."""
     problems: list[str] = []
+    located: Callable[[str], str] = lambda problem: problem  # noqa: E731
+    spec = doc.get("spec") if isinstance(doc, dict) else None
+    if isinstance(spec, dict) and isinstance(spec.get("contract_ref"), str) and "schema" not in spec:
+        from gateway.odcs import resolve_contract_ref
+
+        doc, located, ref_problems = resolve_contract_ref(doc, base_dir)
+        problems.extend(ref_problems)
     _DESCRIPTOR(doc, "", problems)
     if isinstance(doc, dict):
         _semantic_checks(doc, problems)
     if problems:
-        raise InvalidDescriptor(source, problems)
+        raise InvalidDescriptor(source, [located(p) for p in problems])
     meta, spec = doc["metadata"], doc["spec"]
     src = spec["source"]
     columns = tuple(
@@ -371,10 +483,26 @@ def validate(doc: Any, source: str = "<descriptor>", base_dir: Path | None = Non
     )
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML without implicit timestamps: an unquoted ``2024-01-31`` stays the text it is, as a
+    contract bound or an ODCS field is meant (and as JSON, which the registry stores, can hold)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(text: str) -> Any:
+    """Parse descriptor or contract YAML (safe, dates kept as text); raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_file(path: Path) -> Descriptor:
     """Read and validate one YAML file; YAML syntax errors are reported with their line."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise InvalidDescriptor(str(path), [f"not valid YAML: {err}"]) from err
     except OSError as err:

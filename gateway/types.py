@@ -24,6 +24,15 @@ class ContractType:
     arrow: pa.DataType
     sql: str
 
+    @property
+    def family(self) -> str:
+        """What kind of values the type holds, which decides the constraints a column may carry
+        (``min`` on a number or a date, ``pattern`` on a string, ``enum`` not on a boolean):
+        ``string``, ``boolean``, ``integer``, ``number``, ``date``, ``timestamp`` or ``binary``."""
+        if self.name.startswith("decimal(") or self.name in ("float", "double"):
+            return "number"
+        return _FAMILIES[self.name]
+
 
 _SIMPLE: dict[str, tuple[pa.DataType, str]] = {
     "string": (pa.string(), "text"),
@@ -36,6 +45,10 @@ _SIMPLE: dict[str, tuple[pa.DataType, str]] = {
     "timestamp": (pa.timestamp("us"), "timestamp"),
     "timestamptz": (pa.timestamp("us", tz="UTC"), "timestamptz"),
     "binary": (pa.binary(), "bytea"),
+}
+_FAMILIES = {
+    "string": "string", "boolean": "boolean", "int32": "integer", "int64": "integer", "date": "date",
+    "timestamp": "timestamp", "timestamptz": "timestamp", "binary": "binary",
 }
 _ALIASES = {"int": "int32", "long": "int64", "bigint": "int64", "bool": "boolean"}
 

@@ -82,7 +82,7 @@ CASES = {
     "timestamptz to timestamp": (set_("updated_at", type="timestamp"), True, False),
     "int32 to string": (set_("small", type="string"), True, True),
     "make required": (set_("small", required=True), True, False),
-    "make nullable": (set_("id", required=False), False, True),
+    "make nullable": (set_("id", required=False, primary_key=False), False, True),
     "remove enum value": (set_("country", enum=["DE", "FR"]), True, False),
     "add enum value": (set_("country", enum=["DE", "FR", "US", "JP"]), False, True),
     "drop enum restriction": (unset("country", "enum"), False, True),

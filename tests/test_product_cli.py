@@ -145,8 +145,8 @@ def test_failing_error_rule_blocks_publication(meshgate, product: Path, tmp_path
     bad = write(tmp_path, "strict.yaml", edit=strict)
     result = meshgate("product", "register", str(bad), "--registry", str(tmp_path / "r.db"))
     assert result.code == 2
-    assert "spec.quality.customer_known: customer_known (error): 1 of 3 row(s) fail `customer IS NOT NULL`" in result.err
-    assert "spec.quality.positive: positive (error): 1 of 3 row(s) fail" in result.err
+    assert "spec.quality[2]: customer_known (error): 1 of 3 row(s) fail `customer IS NOT NULL`" in result.err
+    assert "spec.quality[3]: positive (error): 1 of 3 row(s) fail" in result.err
     assert Registry(tmp_path / "r.db").versions("sales.orders") == []
     assert meshgate("product", "register", str(bad), "--skip-quality", "--registry", str(tmp_path / "r.db")).code == 0
 

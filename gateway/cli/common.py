@@ -90,6 +90,18 @@ def load_one(path: Path):  # noqa: ANN202
     return descriptors[0]
 
 
+def load_target(target: str, registry: Path | None):  # noqa: ANN201
+    """A descriptor file, or else a registered product (``domain.name`` or ``domain.name@MAJOR``):
+    (the descriptor, whether it came from the registry)."""
+    path = Path(target)
+    if path.exists():
+        return load_one(path), False
+    domain, dot, name = target.partition(".")
+    if not dot:
+        raise InvalidDescriptor(target, ["no such file, and not a product name like domain.name"])
+    return open_registry(registry).catalog(max_age=0).resolve(domain, name.strip('"')), True
+
+
 def print_descriptor_errors(errors: list[InvalidDescriptor]) -> None:
     for err in errors:
         stderr.print(f"[red]invalid descriptor[/red] {err.source}:")

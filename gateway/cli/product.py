@@ -11,6 +11,7 @@ from rich.table import Table
 from gateway.cli.common import (
     load_descriptors,
     load_one,
+    load_target,
     open_registry,
     print_descriptor_errors,
     stderr,
@@ -36,12 +37,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     quality = product.add_parser("check", help="run a product's quality rules at its source (exit 1 if an error rule fails)")
     quality.add_argument("target", help="a descriptor file, or a registered product (domain.name or domain.name@MAJOR)")
     quality.add_argument("--registry", type=Path, default=None)
+    export = product.add_parser("export", help="write a product's contract as an ODCS document (open data contract standard)")
+    export.add_argument("target", help="a descriptor file, or a registered product (domain.name or domain.name@MAJOR)")
+    export.add_argument("--format", choices=("odcs",), default="odcs", help="document format (default: odcs)")
+    export.add_argument("-o", "--output", type=Path, default=None, help="file to write (default: standard output)")
+    export.add_argument("--registry", type=Path, default=None)
 
     register.set_defaults(handler=cmd_register)
     listing.set_defaults(handler=cmd_list)
     diff.set_defaults(handler=cmd_diff)
     validate.set_defaults(handler=cmd_validate)
     quality.set_defaults(handler=cmd_check)
+    export.set_defaults(handler=cmd_export)
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -108,7 +115,7 @@ def _quality_problems(descriptor, sources) -> list[str]:  # noqa: ANN001
     problems = []
     for result in results:
         if result.blocks:
-            problems.append(f"spec.quality.{result.name}: {result.describe()}")
+            problems.append(f"{result.path}: {result.describe()}")
         elif not result.passed:
             stderr.print(f"[yellow]warning:[/yellow] {escape(label)}: {escape(result.describe())}")
     return problems
@@ -215,14 +222,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway.quality import rules, run_gates
     from gateway.sources import SourceManager
 
-    target = Path(args.target)
-    if target.exists():
-        d = load_one(target)
-    else:
-        domain, dot, name = args.target.partition(".")
-        if not dot:
-            raise InvalidDescriptor(args.target, ["not a file, and not a product name like domain.name"])
-        d = open_registry(args.registry).catalog(max_age=0).resolve(domain, name.strip('"'))
+    d, _ = load_target(args.target, args.registry)
     label = f"{d.product_id} {d.version}"
     if not rules(d):
         stdout.print(f"{label}: no quality rules", highlight=False)
@@ -253,3 +253,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     stdout.print(table)
     return 0
 
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """An ODCS document from a descriptor file (status ``draft``) or a registered version
+    (``active``); gateway/odcs.py says what maps. Credentials never leave: the servers entry
+    has host, port, database or path only."""
+    from gateway import odcs
+
+    d, registered = load_target(args.target, args.registry)
+    document = odcs.export(d, status="active" if registered else "draft")
+    if args.output is None:
+        stdout.out(document, end="", highlight=False)
+        return 0
+    args.output.write_text(document, encoding="utf-8")
+    stderr.print(f"wrote {escape(str(args.output))}: {d.product_id} {d.version} as ODCS {odcs.api_version()} "
+                 f"({len(d.columns)} properties)", highlight=False)
+    return 0
