@@ -264,9 +264,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     d, registered = load_target(args.target, args.registry)
     document = odcs.export(d, status="active" if registered else "draft")
     if args.output is None:
-        stdout.out(document, end="", highlight=False)
+        stdout.file.write(document)  # as is: no console wrapping or markup in a YAML document
         return 0
-    args.output.write_text(document, encoding="utf-8")
+    try:
+        args.output.write_text(document, encoding="utf-8")
+    except OSError as err:
+        stderr.print(f"[red]cannot write[/red] {escape(str(args.output))}: {escape(err.strerror or str(err))}")
+        return 2
     stderr.print(f"wrote {escape(str(args.output))}: {d.product_id} {d.version} as ODCS {odcs.api_version()} "
                  f"({len(d.columns)} properties)", highlight=False)
     return 0
