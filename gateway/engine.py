@@ -31,6 +31,11 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 """Largest record batch sent to a client: well under ADBC's 16 MiB receive limit."""
 
 
+FragmentCache = Callable[["BoundFragment", str, Callable[[], pa.Table]], pa.Table]
+"""``(fragment, sql, load) -> rows``: the fragment's rows for ``sql`` (its SQL, or the SQL with a
+dynamic filter), from a cache or from ``load()`` (the source).  The service provides it."""
+
+
 @dataclass
 class QueryControl:
     """A query's deadline and its client's liveness, checked wherever the engine waits."""
@@ -39,6 +44,7 @@ class QueryControl:
     is_cancelled: Callable[[], bool]
     timeout_seconds: float
     sent: list[tuple[str, str]] = field(default_factory=list)  # (source, SQL) each source was sent: history, audit
+    fragment_cache: FragmentCache | None = None  # where fragment results may come from instead of their source
 
     def check(self) -> None:
         if self.is_cancelled():
@@ -126,6 +132,13 @@ class Engine:
         def fetch(fragment: BoundFragment, sql: str | None = None) -> pa.Table:
             if fragment.local is not None:
                 return fragment.local.rows()
+            assert fragment.sql is not None
+            text = sql or fragment.sql
+            if control.fragment_cache is not None:
+                return control.fragment_cache(fragment, text, lambda: load(fragment, text))
+            return load(fragment, text)
+
+        def load(fragment: BoundFragment, sql: str) -> pa.Table:
             with _measured(fragment):
                 scan = self._open(fragment, control, sql)
                 with lock:

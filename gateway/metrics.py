@@ -133,11 +133,13 @@ SLA_ALERT_DELIVERIES = Counter(
 )
 
 # --- result cache ---------------------------------------------------------------------------------
+# ``level``: result | fragment (gateway/cache.py's two levels); ``tier``: memory | redis.
 
-CACHE_HITS = Counter("gateway_cache_hits", "Queries answered from the result cache")
-CACHE_MISSES = Counter("gateway_cache_misses", "Cacheable queries that ran on the sources")
-CACHE_EVICTIONS = Counter("gateway_cache_evictions", "Entries evicted to keep the cache within --cache-bytes")
-CACHE_BYTES = Gauge("gateway_cache_bytes", "Bytes of results held by the result cache")
+CACHE_HITS = Counter("gateway_cache_hits", "Lookups answered from the cache", ["level", "tier"])
+CACHE_MISSES = Counter("gateway_cache_misses", "Cacheable lookups a tier could not answer", ["level", "tier"])
+CACHE_EVICTIONS = Counter("gateway_cache_evictions", "Entries evicted to keep the cache within --cache-bytes", ["level", "tier"])
+CACHE_BYTES = Gauge("gateway_cache_bytes", "Bytes of entries held by the cache in this process", ["level", "tier"])
+CACHE_ERRORS = Counter("gateway_cache_errors", "Failed calls to a shared cache tier (the query went on without it)", ["tier"])
 
 # --- governance and sources -------------------------------------------------------------------------
 

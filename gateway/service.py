@@ -24,7 +24,9 @@ from gateway.descriptor import Descriptor
 from gateway.engine import MIN_PROBE_RATIO, Engine, QueryControl, conform_schema
 from gateway.audit import AuditLog
 from gateway import metrics
-from gateway.cache import BYPASS, DEFAULT_MAX_ENTRY_BYTES, ResultCache, Result, cache_key, default_cache_bytes, parse_duration
+from gateway.cache import BYPASS, DEFAULT_MAX_ENTRY_BYTES, Load, ResultCache, Result, default_cache_bytes
+from gateway.query_cache import FragmentUses, QueryCache
+from gateway.watermarks import Watermarks
 from gateway.errors import MeshError, NotFound, QueryCancelled, ResourceExhausted, ShuttingDown
 from gateway.names import CATALOG, SYSTEM_SCHEMA
 from gateway.policy_report import ProductDecision, Rewrite
@@ -75,6 +77,7 @@ class Settings:
     plan_cache_size: int = 512
     cache_bytes: int | None = None  # result cache size; None: 1/16 of RAM; 0: no result cache
     cache_max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES  # larger results are not cached
+    cache_redis: str | None = None  # redis://host:port/db: a shared tier for several replicas
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,11 @@ class _Planned:
     estimates: dict[str, int | None]  # rows per fragment, for dynamic filtering
 
 
-EXPLAIN_SCHEMA = pa.schema([("step", pa.string()), ("source", pa.string()), ("products", pa.string()), ("sql", pa.string())])
+EXPLAIN_SCHEMA = pa.schema([
+    ("step", pa.string()), ("source", pa.string()), ("products", pa.string()), ("sql", pa.string()), ("cache", pa.string()),
+])
+"""``cache``: what the result cache (on the result row) and the fragment cache (on each fragment
+row) would answer now: ``hit (memory, age 12 s)``, ``stale (...)``, ``miss`` or ``bypass: why``."""
 
 
 class GatewayService:
@@ -97,7 +104,7 @@ class GatewayService:
         audit: AuditLog | None = None,
         cache: ResultCache | None = None,
     ) -> None:
-        """``cache`` replaces the result cache ``settings`` describe (tests give one with their own clock)."""
+        """``cache`` replaces the cache ``settings`` describe (tests give one with their own clock)."""
         self.registry = registry
         self.policies = policies if policies is not None else PolicyEngine.load()
         self.audit = audit if audit is not None else AuditLog(registry.path.parent / "audit.log")
@@ -112,7 +119,14 @@ class GatewayService:
         self._row_counts: dict[str, int | None] = {}
         self.recent: deque[QueryControl] = deque(maxlen=100)  # newest last; what each query sent
         size = default_cache_bytes() if settings.cache_bytes is None else settings.cache_bytes
-        self.cache = cache if cache is not None else ResultCache(size, settings.cache_max_entry_bytes) if size > 0 else None
+        if cache is None and size > 0:
+            from gateway.redis_tier import RedisTier
+
+            shared = RedisTier(settings.cache_redis) if settings.cache_redis else None
+            cache = ResultCache(size, settings.cache_max_entry_bytes, shared=shared)
+        self.cache = cache
+        self.watermarks = Watermarks(cache.clock if cache is not None else time.time)
+        self.query_cache = QueryCache(cache, self.watermarks) if cache is not None else None
         self.history = QueryHistory(self.audit.path)  # recent queries; earlier ones from the audit log
         self.sla_monitor: Any = None  # the background SLA monitor when one runs (gateway/sla_monitor.py), for /readyz and REST
 
@@ -143,20 +157,20 @@ class GatewayService:
         Every statement is audited: a refused or failed one when it fails, an answered one
         before its first batch is returned (durably), completed with its row count at the end.
 
-        A query whose products all declare ``sla.freshness`` is answered from the result cache
-        while the cached answer is younger than the smallest of those and than ``max_staleness``
-        (seconds, the client's session option) when given.  The result's schema metadata says
-        ``meshgate.cache`` (hit, miss or bypass), ``meshgate.age_seconds`` and ``meshgate.products``.
+        A query whose products all declare ``sla.freshness`` is answered from the result cache,
+        and each fragment of a federated query whose products do from the fragment cache, while
+        the cached data is younger than the products' SLAs and than ``max_staleness`` (seconds:
+        Flight SQL's session option, REST's ``X-Meshgate-Max-Staleness`` header) when given; see
+        ``gateway.cache``.  The result's schema metadata says ``meshgate.cache`` (hit, stale,
+        miss or bypass), ``meshgate.age_seconds`` (how old its oldest data is),
+        ``meshgate.products`` (the versions read), on a hit ``meshgate.cache_tier`` (memory or
+        redis), and for a federated query ``meshgate.fragment_cache`` (``f0=hit,f1=miss``).
         """
         sql = query.sql if isinstance(query, PreparedQuery) else query
         planned = self._planned_or_audit(sql, principal, client, default_schema)
         if planned.kind == "explain":
-            return self._explain(planned.plan, parameters).to_reader()
-        control = QueryControl(
-            deadline=time.monotonic() + self.settings.query_timeout,
-            is_cancelled=is_cancelled or (lambda: False),
-            timeout_seconds=self.settings.query_timeout,
-        )
+            return self._explain(planned.plan, parameters, max_staleness).to_reader()
+        control = self._control(is_cancelled)
         bound = self._bind(planned, parameters)
         self.recent.append(control)
         for decision in planned.plan.decisions.values():
@@ -165,43 +179,68 @@ class GatewayService:
         entry = self.history.begin(principal, sql, client, audit["products"], control.sent)
         started = time.perf_counter()
         slots: list[_Slot] = []
-
-        def run() -> pa.RecordBatchReader:  # on the sources, within admission control
-            slots.append(slot := self._admission.enter(control))
-            try:
-                reader = self.engine.execute(bound, control, planned.estimates)
-            except BaseException:
-                slot.release()
-                raise
-            return pa.RecordBatchReader.from_batches(reader.schema, _releasing(reader, slot))
-
+        load, uses = self._load(planned, bound, control, slots, max_staleness)
         try:
-            cacheable = self._cacheable(planned.plan, bound, max_staleness)
-            if cacheable is None:
-                result = Result(run(), BYPASS, 0.0)
+            lookup = self.query_cache.result_lookup(planned.plan, bound, max_staleness) if self.query_cache else "no cache"
+            if isinstance(lookup, str):
+                reader, as_of = load()
+                result = Result(reader, BYPASS, _age(as_of, self.watermarks.clock()), as_of, reason=lookup)
             else:
                 if self._admission.draining:
                     raise ShuttingDown("the gateway is shutting down and accepts no new queries")
-                key, max_age, sla = cacheable
-                result = self.cache.fetch(key, max_age, run, drop_older_than=sla)  # type: ignore[union-attr]
+                revalidate = lambda: self._load(planned, bound, self._control(None), [], None)[0]()  # noqa: E731
+                result = self.cache.fetch(lookup, load, revalidate)  # type: ignore[union-attr]
         except BaseException as err:
             for slot in slots:
                 slot.release()
             self.audit.begin(principal, sql, fragments=control.sent, status="error", error=str(err), record_id=entry.id, **audit)
             self.history.finish(entry, "cancelled" if isinstance(err, QueryCancelled) else "error", error=str(err))
             raise
-        cache = {"cache": result.status, "age_seconds": round(result.age_seconds, 3)}
+        cache: dict[str, Any] = {"cache": result.status, "age_seconds": round(result.age_seconds, 3)}
+        if uses.results:
+            cache["fragment_cache"] = uses.statuses()
         record = self.audit.begin(principal, sql, fragments=control.sent, extra=cache, record_id=entry.id, **audit)
         self.history.cached(entry, result.status, result.age_seconds)
-        schema = result.reader.schema.with_metadata({
-            **(result.reader.schema.metadata or {}),
+        metadata = {
             b"meshgate.cache": result.status.encode(),
             b"meshgate.age_seconds": f"{result.age_seconds:.3f}".encode(),
             b"meshgate.products": ",".join(planned.plan.products).encode(),
-        })
+        }
+        if result.tier:
+            metadata[b"meshgate.cache_tier"] = result.tier.encode()
+        if uses.results:
+            metadata[b"meshgate.fragment_cache"] = ",".join(f"{k}={v}" for k, v in uses.statuses().items()).encode()
+        schema = result.reader.schema.with_metadata({**(result.reader.schema.metadata or {}), **metadata})
         finishing = self._finishing(result.reader, slots, record, _descriptors(planned.plan), started, entry,
                                     metrics.consumer_domain(principal))
         return pa.RecordBatchReader.from_batches(schema, finishing)
+
+    def _control(self, is_cancelled: Callable[[], bool] | None) -> QueryControl:
+        return QueryControl(
+            deadline=time.monotonic() + self.settings.query_timeout,
+            is_cancelled=is_cancelled or (lambda: False),
+            timeout_seconds=self.settings.query_timeout,
+        )
+
+    def _load(
+        self, planned: _Planned, bound: BoundPlan, control: QueryControl, slots: list[_Slot], max_staleness: float | None
+    ) -> tuple[Load, FragmentUses]:
+        """How to run the query on the sources (within admission control, fragments through the
+        fragment cache), and the record of how its fragments were served."""
+        uses = FragmentUses({})
+        if self.query_cache is not None and not (max_staleness is not None and max_staleness <= 0):
+            control.fragment_cache, uses = self.query_cache.fragment_hook(planned.plan, max_staleness)
+
+        def load() -> tuple[pa.RecordBatchReader, dict[str, float]]:
+            slots.append(slot := self._admission.enter(control))
+            try:
+                reader = self.engine.execute(bound, control, planned.estimates)
+            except BaseException:
+                slot.release()
+                raise
+            return pa.RecordBatchReader.from_batches(reader.schema, _releasing(reader, slot)), uses.as_of()
+
+        return load, uses
 
     def _bind(self, planned: _Planned, parameters: Sequence[Any]) -> BoundPlan:
         """``bind()`` memoized per plan and parameter values: rendering SQL costs more than a cache hit."""
@@ -214,26 +253,6 @@ class GatewayService:
         with self._plans_lock:
             self._bound[key] = (planned, bound)
         return bound
-
-    def _cacheable(self, plan: Plan, bound: BoundPlan, max_staleness: float | None) -> tuple[str, float, float] | None:
-        """(key, longest age the caller may be served, the products' smallest freshness SLA), or
-        None when the answer is not cached: no cache, a product without ``sla.freshness``, an
-        in-memory (system) table, or no staleness allowed."""
-        descriptors = _descriptors(plan)
-        if self.cache is None or not descriptors or any(f.local is not None for f in bound.fragments):
-            return None
-        slas = [_freshness(d) for d in descriptors]
-        if None in slas:
-            return None
-        sla = min(slas)  # type: ignore[type-var]
-        max_age = sla if max_staleness is None else min(sla, max_staleness)
-        if max_age <= 0:
-            return None
-        key = cache_key([
-            *((f.name, f.connector.display_name if f.connector else None, f.sql, f.post_sql) for f in bound.fragments),
-            bound.residual_sql, bound.passthrough is not None, tuple(bound.output_names), plan.products,
-        ])
-        return key, max_age, sla
 
     def _finishing(
         self, reader: pa.RecordBatchReader, slots: list[_Slot], record: str, products: Sequence[Descriptor], started: float,
@@ -338,27 +357,32 @@ class GatewayService:
         mask_ids = frozenset(r.id for r in rules.masks) | frozenset(p for p in decision.policies if "#masks[" in p)
         return ProductDecision(descriptor, action, decision, masks, filters, sizes, mask_ids)
 
-    def explain(self, sql: str, principal: Principal) -> pa.Table:
+    def explain(self, sql: str, principal: Principal, max_staleness: float | None = None) -> pa.Table:
         planned = self._planned(sql, principal)
-        return self._explain(planned.plan, None)
+        return self._explain(planned.plan, None, max_staleness)
 
-    def _explain(self, plan: Plan, parameters: Sequence[Any] | None) -> pa.Table:
+    def _explain(self, plan: Plan, parameters: Sequence[Any] | None, max_staleness: float | None = None) -> pa.Table:
         bound = bind(plan, list(parameters) if parameters else None)
-        rows: list[tuple[str, str, str, str]] = []
+        if self.query_cache is not None:
+            result_cache, fragment_cache = self.query_cache.explain(plan, bound, max_staleness)
+        else:
+            result_cache, fragment_cache = "bypass: no cache (--cache-bytes 0)", {}
+        rows: list[tuple[str, str, str, str, str]] = []
         for fragment in bound.fragments:
             source = fragment.connector.display_name if fragment.connector else "system (in memory)"
-            rows.append((f"fragment {fragment.name}", source, ", ".join(fragment.products), fragment.sql or "(in memory)"))
+            rows.append((f"fragment {fragment.name}", source, ", ".join(fragment.products), fragment.sql or "(in memory)",
+                         fragment_cache.get(fragment.name, "")))
         for f in bound.dynamic_filters:
             rows.append((
                 "dynamic filter", "", "",
                 f"{f.probe}.{f.probe_column} IN (keys of {f.build}.{f.build_column}) when {f.probe}'s sources hold "
                 f">= {MIN_PROBE_RATIO}x the rows of {f.build}'s and {f.build} returns no more keys than "
-                f"{f.probe}'s source takes in one IN list",
+                f"{f.probe}'s source takes in one IN list", "",
             ))
         if bound.passthrough is not None:
-            rows.append(("result", "passthrough", "", f"stream of fragment {bound.passthrough.name}"))
+            rows.append(("result", "passthrough", "", f"stream of fragment {bound.passthrough.name}", result_cache))
         else:
-            rows.append(("residual", "datafusion", "", bound.residual_sql))
+            rows.append(("residual", "datafusion", "", bound.residual_sql, result_cache))
         columns = list(zip(*rows))
         return pa.table([pa.array(list(c), pa.string()) for c in columns], schema=EXPLAIN_SCHEMA)
 
@@ -553,6 +577,8 @@ class GatewayService:
         return self._admission.drain(grace_period)
 
     def close(self) -> None:
+        if self.cache is not None and self.cache.shared is not None:
+            self.cache.shared.close()
         self.engine.close()
         self.sources.close()
         self.audit.close()
@@ -668,10 +694,9 @@ def _descriptors(plan: Plan) -> list[Descriptor]:
     return list(found.values())
 
 
-def _freshness(descriptor: Descriptor) -> float | None:
-    """Seconds of the product's ``spec.sla.freshness``, None without one."""
-    sla = descriptor.raw.get("spec", {}).get("sla") or {}
-    return parse_duration(sla.get("freshness")) if isinstance(sla, dict) else None
+def _age(as_of: Mapping[str, float], now: float) -> float:
+    """Seconds since the oldest data in a result was current (0 when all of it was fetched now)."""
+    return max(0.0, now - min(as_of.values(), default=now))
 
 
 def _decision_label(decision: Decision) -> str:

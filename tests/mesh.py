@@ -106,6 +106,41 @@ def load_oracle(service: GatewayService, descriptors: list[Descriptor], oracle_u
         conn.commit()
 
 
+# --- time, for the freshness-aware cache -----------------------------------------------------
+
+
+class Clock:
+    """A controllable wall clock (epoch seconds) for ``ResultCache(clock=...)``: tests move ``now``."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def demo_clock(registry: Registry, after: float = 3600.0) -> Clock:
+    """A clock ``after`` seconds past the oldest of the newest freshness-column values of the
+    registered products (the demo's data is from 2024/25: by the real clock every product with a
+    freshness SLA is long past it, and the cache rightly bypasses them)."""
+    from gateway.sources import SourceManager
+    from gateway.watermarks import freshness_column
+
+    sources = SourceManager()
+    newest = []
+    try:
+        for d in registry.catalog().products():
+            column = freshness_column(d)
+            if column is not None:
+                found = sources.connector_for(d).freshness(d.source.table, d.source.query, column)
+                if found.as_of is not None:
+                    newest.append(found.as_of.timestamp())
+    finally:
+        sources.close()
+    assert newest, "no product with a freshness column"
+    return Clock(min(newest) + after)
+
+
 # --- comparing answers ------------------------------------------------------------------------
 
 _PG_FAMILIES = {16: "bool", 20: "int", 21: "int", 23: "int", 700: "float", 701: "float", 1700: "numeric",
