@@ -462,7 +462,11 @@ def _chain(first: list[pa.RecordBatch], rest: pa.RecordBatchReader) -> Iterator[
 
 
 _LIVE: "weakref.WeakSet[ResultCache]" = weakref.WeakSet()
-for _level in (RESULT, FRAGMENT):
+for _level in (RESULT, FRAGMENT):  # every series exists from the start (at 0): dashboards need no special case
+    for _tier in (MEMORY, REDIS):
+        metrics.CACHE_HITS.labels(_level, _tier)
+        metrics.CACHE_MISSES.labels(_level, _tier)
+    metrics.CACHE_EVICTIONS.labels(_level, MEMORY)
     metrics.CACHE_BYTES.labels(_level, MEMORY).set_function(
         lambda level=_level: sum(c.level_bytes(level) for c in list(_LIVE))  # type: ignore[misc]
     )

@@ -250,9 +250,10 @@ def test_explain_shows_hit_or_miss_and_age_for_the_result_and_each_fragment(serv
     shown = explain(PAID_BY_STATUS)
     assert shown["residual"] == MISS and shown["payments.payments"] == MISS, shown
     assert shown["orders.orders"].startswith("hit (memory, age "), shown
-    assert explain("SELECT count(*) FROM customers.customers") == {
-        "customers.customers": "its rows are the result (cached at the result level)",
-        "result": "bypass: customers.customers declares no sla.freshness",
+    no_sla = "bypass: customers.customers declares no sla.freshness"
+    assert explain("SELECT count(*) FROM customers.customers") == {"customers.customers": no_sla, "residual": no_sla}
+    assert explain("SELECT status FROM orders.orders LIMIT 3") == {  # one source: a passthrough
+        "orders.orders": "its rows are the result (cached at the result level)", "result": MISS,
     }
     assert svc.explain(BY_STATUS, ANONYMOUS, max_staleness=0).column("cache")[-1].as_py().startswith("bypass: the client")
 

@@ -17,13 +17,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.audit import AuditLog
+from gateway.cache import ResultCache
 from gateway.descriptor import validate
 from gateway.registry import Registry
 from gateway.rest import create_app, serve_http
 from gateway.service import GatewayService
 from policies import ANONYMOUS, Principal
 from policies.engine import PolicyEngine
-from tests.mesh import OPEN_POLICIES, LiveMesh
+from tests.mesh import OPEN_POLICIES, LiveMesh, demo_clock
 
 pytestmark = pytest.mark.postgres
 
@@ -54,7 +55,8 @@ def value(found: dict, name: str, **labels: str) -> float:
 def served(live_mesh: LiveMesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayService, str]]:
     tmp = tmp_path_factory.mktemp("metrics")
     service = GatewayService(live_mesh.registry, policies=PolicyEngine.load(GOVERNED),
-                             audit=AuditLog(tmp / f"audit-{uuid.uuid4().hex[:8]}.log"))
+                             audit=AuditLog(tmp / f"audit-{uuid.uuid4().hex[:8]}.log"),
+                             cache=ResultCache(256 * 1024**2, clock=demo_clock(live_mesh.registry)))  # data within its SLA
     http = serve_http(create_app(service), "127.0.0.1", 0)
     try:
         yield service, http.url
@@ -94,8 +96,12 @@ def test_metrics_count_queries_cache_policy_and_connectors(served: tuple[Gateway
     assert delta("product_bytes_scanned_total", product_id="customers.customers") > 0
     assert delta("policy_evaluation_seconds_count") >= 3  # orders, payments, customers (carriers' denial too)
     assert ("process_resident_memory_bytes", ()) in after and ("process_cpu_seconds_total", ()) in after
-    assert delta("gateway_cache_hits_total") == 2 and delta("gateway_cache_misses_total") == 1
-    assert value(after, "gateway_cache_bytes") > 0 and ("gateway_cache_evictions_total", ()) in after
+    result, fragment = {"level": "result", "tier": "memory"}, {"level": "fragment", "tier": "memory"}
+    assert delta("gateway_cache_hits_total", **result) == 2 and delta("gateway_cache_misses_total", **result) == 1
+    assert delta("gateway_cache_misses_total", **fragment) == 2  # orders and payments, fetched once
+    assert delta("gateway_cache_hits_total", **fragment) == 0  # the result hits needed no fragment
+    assert value(after, "gateway_cache_bytes", **result) > 0 and value(after, "gateway_cache_bytes", **fragment) > 0
+    assert ("gateway_cache_evictions_total", tuple(sorted(result.items()))) in after
     # orders x3 (small groups), payments x3 (row filter), customers (masks, row filter)
     assert delta("policy_decisions_total", decision="transform") == 7
     assert delta("policy_decisions_total", decision="deny") == 1
