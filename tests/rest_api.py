@@ -15,12 +15,14 @@ from typing import Any, Iterator
 
 from gateway.audit import AuditLog
 from gateway.auth import Authenticator
+from gateway.cache import ResultCache
 from gateway.flight.server import MeshFlightServer
 from gateway.registry import Registry
 from gateway.rest import create_app, serve_http
 from gateway.service import GatewayService, Settings
 from gateway.users import UsersFile, add_user
 from policies.engine import PolicyEngine
+from tests.mesh import demo_clock
 
 GOVERNED = Path(__file__).parent / "policies" / "governed"
 PASSWORDS = {"alice": "alice-Pw-1", "bob": "bob-Pw-22", "carol": "carol-Pw-333"}
@@ -85,7 +87,9 @@ def start_api(registry: Registry, tmp: Path, policies: Path = GOVERNED, settings
     write_users(tmp / "users.yaml")
     authenticator = Authenticator(UsersFile(tmp / "users.yaml"))
     service = GatewayService(registry, settings, policies=PolicyEngine.load(policies),
-                             audit=AuditLog(tmp / f"audit-{uuid.uuid4().hex[:8]}.log"))
+                             audit=AuditLog(tmp / f"audit-{uuid.uuid4().hex[:8]}.log"),
+                             cache=ResultCache(settings.cache_bytes or 256 * 1024**2, clock=demo_clock(registry))
+                             if settings.cache_bytes != 0 else None)  # the demo data within its SLA
     flight_server = MeshFlightServer("grpc://127.0.0.1:0", service, authenticator=authenticator)
     http = serve_http(create_app(service, authenticator), "127.0.0.1", 0)
     return Api(http.url, f"grpc://127.0.0.1:{flight_server.port}", service, [http, flight_server])

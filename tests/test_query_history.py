@@ -30,6 +30,7 @@ import pytest
 
 from gateway import audit as audit_module
 from gateway.audit import AuditLog
+from gateway.cache import ResultCache
 from gateway.auth import Authenticator
 from gateway.flight.server import MeshFlightServer
 from gateway.query_history import MAX_SQL_CHARS, STOPPED, QueryHistory
@@ -38,7 +39,7 @@ from gateway.service import GatewayService
 from gateway.users import UsersFile, add_user
 from policies import Principal
 from policies.engine import PolicyEngine
-from tests.mesh import LiveMesh
+from tests.mesh import LiveMesh, demo_clock
 
 pytestmark = pytest.mark.postgres
 
@@ -92,7 +93,8 @@ def gateway(live_mesh: LiveMesh, tmp_path_factory: pytest.TempPathFactory) -> It
     add_user(tmp / "users.yaml", "carol", PASSWORDS["carol"], ["admin"], {})
     authenticator = Authenticator(UsersFile(tmp / "users.yaml"))
     service = GatewayService(live_mesh.registry, policies=PolicyEngine.load(tmp / "policies"),
-                             audit=AuditLog(tmp / "audit.jsonl"))
+                             audit=AuditLog(tmp / "audit.jsonl"),
+                             cache=ResultCache(256 * 1024**2, clock=demo_clock(live_mesh.registry)))  # the demo data within its SLA
     flight_server = MeshFlightServer("grpc://127.0.0.1:0", service, authenticator=authenticator)
     http = serve_http(create_app(service, authenticator), "127.0.0.1", 0)
     try:
