@@ -485,8 +485,12 @@ class SlaMonitor:
         if self.usage is None or time.monotonic() - self._usage_at < every:
             return
         self._usage_at = time.monotonic()
+        totals: dict[str, int] = {}  # products past the label limit add up under "other"
         for product_id, (_queries, consumers) in self.usage.counts().items():
-            metrics.PRODUCT_CONSUMERS.labels(metrics.product_label(product_id)).set(consumers)
+            label = metrics.product_label(product_id)
+            totals[label] = totals.get(label, 0) + consumers
+        for label, consumers in totals.items():
+            metrics.PRODUCT_CONSUMERS.labels(label).set(consumers)
 
     def _launch(self, descriptors: Sequence[Descriptor]) -> None:
         for d in descriptors:

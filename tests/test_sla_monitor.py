@@ -343,3 +343,26 @@ def test_descriptor_rejects_out_of_range_targets(tmp_path: Path) -> None:
         "spec.sla.monitor_every: 'often' is not a duration like 30s, 5m, 1h or 1d",
         "spec.sla.quality_threshold: 95 is not between 0 and 1 (a score)",
     ]
+
+
+def test_product_consumers_come_from_the_audit_log(tmp_path: Path) -> None:
+    from gateway.audit import AuditLog
+    from gateway.service import GatewayService
+    from gateway.usage import service_usage
+    from policies import Principal
+    from policies.engine import PolicyEngine
+    from tests.mesh import OPEN_POLICIES
+
+    registry = Registry(tmp_path / "registry.db")
+    registry.register([load_file(sqlite_product(tmp_path))])
+    service = GatewayService(registry, policies=PolicyEngine.load(OPEN_POLICIES), audit=AuditLog(tmp_path / "audit.log"))
+    monitor = SlaMonitor(registry, service.sources.connector_for, AlertSink(), usage=service_usage(service))
+    try:
+        for name in ("ann", "ben", "ann"):
+            service.execute("SELECT count(*) FROM shop.orders", Principal(name, frozenset({"analyst"}), {})).read_all()
+        service_usage(service).refresh(force=True)
+        monitor.cycle()
+        assert metric("product_consumers", product_id="shop.orders") == 2
+    finally:
+        monitor.stop()
+        service.close()

@@ -111,6 +111,8 @@ def _print(statuses: list, fmt: str, times: bool = False) -> None:  # noqa: ANN0
     for s in statuses:
         t = s.targets
         freshness = "unknown" if s.data_age_seconds is None else format_seconds(s.data_age_seconds)
+        if s.data_age_seconds is not None and not s.freshness_basis.startswith("max("):
+            freshness += f" ({s.freshness_basis})"
         if t.freshness is not None:
             freshness += f" (SLA {format_seconds(t.freshness)})"
         availability = "-" if s.availability is None else f"{s.availability:.2f}%"
