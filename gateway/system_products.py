@@ -25,7 +25,7 @@ from gateway.types import parse_type
 
 SYSTEM_DOMAIN = "mesh"
 
-PROVIDERS: tuple[str, ...] = ("gateway.query_history",)
+PROVIDERS: tuple[str, ...] = ("gateway.query_history", "gateway.catalog_search")
 """Modules that declare system products (imported on first use)."""
 
 

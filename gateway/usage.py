@@ -157,9 +157,14 @@ class UsageIndex:
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """product -> (queries, distinct consumers): the cheap numbers ranking needs."""
+        return {pid: (queries, consumers) for pid, (queries, consumers, _) in self.activity().items()}
+
+    def activity(self) -> dict[str, tuple[int, int, float]]:
+        """product -> (queries, distinct consumers, last query as epoch seconds), every product at once."""
         self.refresh()
         with self._lock:
-            return {pid: (t.queries, len(t.consumers)) for pid, t in self._products.items() if t.queries}
+            return {pid: (t.queries, len(t.consumers), max(c.last for c in t.consumers.values()))
+                    for pid, t in self._products.items() if t.queries and t.consumers}
 
     # --- reading ----------------------------------------------------------------------------------
 

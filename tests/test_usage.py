@@ -45,6 +45,7 @@ def test_counts_consumers_domains_and_recent(tmp_path: Path) -> None:
     assert (customers.queries, customers.consumers, customers.unknown_domain_consumers) == (1, 1, 0)
     assert index.usage("nobody.uses").queries == 0 and index.usage("nobody.uses").last_queried is None
     assert index.counts() == {"sales.orders": (4, 2), "crm.customers": (1, 1)}
+    assert index.activity()["sales.orders"] == (4, 2, orders.last_queried.timestamp())
     without_lookup = UsageIndex(log.path).usage("sales.orders")
     assert without_lookup.consumer_domains == ("sales",) and without_lookup.unknown_domain_consumers == 1
     log.close()

@@ -55,6 +55,17 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", type=Path, default=None, help="policy directory (default: the packaged policies)")
 
 
+def add_principal_options(parser: argparse.ArgumentParser, user_default: str | None = None) -> None:
+    """``--user`` (required unless given a default) and, without ``--users``, ``--role``/``--attr``."""
+    if user_default is None:
+        parser.add_argument("--user", required=True, help="the principal: a user of --users, or 'anonymous'")
+    else:
+        parser.add_argument("--user", default=user_default, help=f"the principal: a user of --users, or 'anonymous' (default: {user_default})")
+    parser.add_argument("--role", action="append", default=[], help="without --users: a role of --user (repeatable)")
+    parser.add_argument("--attr", action="append", default=[], type=attribute, metavar="KEY=VALUE",
+                        help="without --users: an attribute of --user (repeatable)")
+
+
 def open_registry(path: Path | None):  # noqa: ANN202 - avoids importing the registry for --help
     from gateway.registry import Registry
 
@@ -131,3 +142,27 @@ def users_lookup(users_file: Path | None):  # noqa: ANN202
     users = UsersFile(users_file)
     return lambda name: (user.principal() if (user := users.get(name)) is not None else None)
 
+
+
+class FlagError(ValueError):
+    """Flags that name nothing or contradict each other; the command exits 2 with this message."""
+
+
+def principal_from_flags(args: argparse.Namespace):  # noqa: ANN201 - avoids importing policies for --help
+    """The principal ``--user`` names: a user of ``--users``, one described by ``--role``/``--attr``,
+    or ``anonymous``. Raises FlagError (and UsersFileError for a bad users file)."""
+    from policies import ANONYMOUS, Principal
+
+    lookup = users_lookup(args.users)
+    if lookup is not None:
+        if args.role or args.attr:
+            raise FlagError("--role/--attr describe a principal without --users; with --users the file says")
+        principal = lookup(args.user)
+        if principal is None:
+            raise FlagError(f"no user '{args.user}' in {args.users}")
+        return principal
+    if args.role or args.attr:
+        return Principal(args.user, frozenset(args.role), dict(args.attr))
+    if args.user == ANONYMOUS.name:
+        return ANONYMOUS
+    raise FlagError(f"who is '{args.user}'? give --users FILE, or describe the principal with --role/--attr")

@@ -11,9 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from gateway.cli.common import (
+    FlagError,
     add_policy_options,
-    attribute,
+    add_principal_options,
     offline_service,
+    principal_from_flags,
     stderr,
     stdout,
     users_lookup,
@@ -23,13 +25,10 @@ from gateway.cli.common import (
 def add_commands(commands: argparse._SubParsersAction) -> None:
     policy = commands.add_parser("policy", help="check and test governance without a server").add_subparsers(dest="action", required=True)
     check = policy.add_parser("check", help="print each product's decision and the governed query, without running it (exit 0 allowed, 1 denied, 2 bad input)")
-    check.add_argument("--user", required=True, help="the principal: a user of --users, or 'anonymous'")
+    add_principal_options(check)
     check.add_argument("--query", required=True, help="the statement (PostgreSQL dialect)")
     check.add_argument("--format", choices=("text", "json"), default="text")
     add_policy_options(check)
-    check.add_argument("--role", action="append", default=[], help="without --users: a role of --user (repeatable)")
-    check.add_argument("--attr", action="append", default=[], type=attribute, metavar="KEY=VALUE",
-                       help="without --users: an attribute of --user (repeatable)")
     cases = policy.add_parser("test", help="run YAML policy test cases against the registry's sources (exit 0 all passed, 1 a case failed, 2 bad input)")
     cases.add_argument("path", type=Path, help="a case file, or a folder searched for *.yaml case files")
     add_policy_options(cases)
@@ -41,28 +40,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.users import UsersFileError
-    from policies import ANONYMOUS, Principal
 
     try:
-        lookup = users_lookup(args.users)
-    except UsersFileError as err:
-        stderr.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
-        return 2
-    if lookup is not None:
-        if args.role or args.attr:
-            stderr.print("[red]error:[/red] --role/--attr describe a principal without --users; with --users the file says")
-            return 2
-        principal = lookup(args.user)
-        if principal is None:
-            stderr.print(f"[red]error:[/red] no user '{args.user}' in {args.users}", highlight=False)
-            return 2
-    elif args.role or args.attr:
-        principal = Principal(args.user, frozenset(args.role), dict(args.attr))
-    elif args.user == ANONYMOUS.name:
-        principal = ANONYMOUS
-    else:
-        stderr.print(f"[red]error:[/red] who is '{args.user}'? give --users FILE, or describe the principal with --role/--attr",
-                     highlight=False)
+        principal = principal_from_flags(args)
+    except (FlagError, UsersFileError) as err:
+        stderr.print(f"[red]error:[/red] {escape(str(err))}", markup=True, highlight=False)
         return 2
     import tempfile
 

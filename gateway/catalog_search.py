@@ -1,0 +1,581 @@
+"""Catalog search: find data products across every domain by name, description, columns, tags,
+owner or domain, ranked so the product a consumer most likely wants comes first.
+
+An in-memory inverted index over the registry's catalog snapshot (the newest version of each
+product), rebuilt when the registry's generation changes, so a search never touches SQLite or a
+source. Ranking, in order of precedence:
+
+1. an **exact** name or product id (``orders``, ``sales.orders``) comes first;
+2. **text relevance**: each query term is matched (stemmed: ``customers`` finds ``customer``;
+   a term of three letters or more also matches as a prefix, at a discount) against the name,
+   tags, domain, column names, description, column tags, column descriptions and owner, in
+   decreasing weight; rarer terms count more (idf); products matching more of the terms rank
+   above products matching fewer (the relevance is multiplied by the squared share matched),
+   and a name made only of query terms counts 1.5 times;
+3. **boosts**: usage from the audit log (``gateway/usage.py``: queries and distinct consumers,
+   up to x1.5 for the most used product of the mesh) and health (the newest SLA check breached:
+   x0.5; the newest quality score q: x(0.6 + 0.4 q); unknown health: x0.9; a deprecated version:
+   x0.3).
+
+Each hit says why it matched (which fields and columns, with the query terms they matched) and
+what boosted or lowered it. A search only returns products the principal may read (the same
+decision as metadata listings), so a search never reveals a product's existence to someone who
+could not query it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+from gateway.descriptor import Descriptor
+from gateway.registry import Catalog
+from gateway.system_products import SystemScope, system_product
+from gateway.usage import UsageIndex, service_usage
+
+FIELD_WEIGHTS: dict[str, float] = {
+    "name": 10.0,
+    "tag": 6.0,
+    "domain": 4.0,
+    "column": 4.0,
+    "description": 3.0,
+    "column_tag": 3.0,
+    "column_description": 2.0,
+    "owner": 2.0,
+}
+"""How much a term matching each field is worth (before idf and boosts)."""
+
+NAME_COVERED = 1.5
+"""A product whose every name word is a query term (``customers`` for "customer") is worth this
+much more than one whose name only contains a term (``customer_revenue``)."""
+PREFIX_QUALITY = 0.6
+"""A term matching only as a prefix of a word (``cust`` in ``customers``) counts this much."""
+MAX_PREFIX_EXPANSIONS = 64
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 1000
+HEALTH_MAX_AGE = 5.0
+"""Seconds a snapshot of the products' health (quality scores, SLA checks) is reused."""
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of ``text``; underscores and punctuation separate words."""
+    return _WORD.findall(text.lower())
+
+
+def stem(word: str) -> str:
+    """A light English stemmer, enough for catalog words: plurals fold onto their singular."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+@dataclass(frozen=True)
+class Health:
+    """What the platform last measured about a product; None: never measured."""
+
+    quality_score: float | None = None  # 0..1, the newest quality check
+    sla_met: bool | None = None  # the newest SLA check met every target
+    sla_breaches: tuple[str, ...] = ()  # e.g. ("freshness: 3h old, SLA 1h",)
+    status: str = "active"  # active | deprecated
+
+
+HealthSource = Callable[[], Mapping[str, Health]]
+"""Every product's health at once (a bulk read: search reads it at most every HEALTH_MAX_AGE s)."""
+
+
+@dataclass(frozen=True)
+class Match:
+    """One field of a product that matched query terms."""
+
+    field: str  # a FIELD_WEIGHTS key
+    value: str  # the name, tag, column, owner or domain that matched (for column_* the column)
+    terms: tuple[str, ...]  # the query terms it matched (as typed)
+    prefix: bool  # matched only as a word prefix
+
+    def to_json(self) -> dict[str, Any]:
+        value = self.value if len(self.value) <= 160 else self.value[:157] + "..."
+        return {"field": self.field, "value": value, "terms": list(self.terms), "prefix": self.prefix}
+
+    def reason(self) -> str:
+        terms = ", ".join(f"'{t}'" for t in self.terms)
+        how = " (prefix)" if self.prefix else ""
+        where = {
+            "name": f"name {self.value}",
+            "tag": f"tag {self.value}",
+            "domain": f"domain {self.value}",
+            "column": f"column {self.value}",
+            "description": "description",
+            "column_tag": f"a tag of column {self.value}",
+            "column_description": f"description of column {self.value}",
+            "owner": f"owner {self.value}",
+        }[self.field]
+        return f"{where} matches {terms}{how}"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the product's catalog entry, its score and why it is here."""
+
+    descriptor: Descriptor
+    score: float
+    exact: bool
+    matches: tuple[Match, ...]
+    why: tuple[str, ...]
+    queries: int
+    consumers: int
+    last_queried: datetime | None
+    popularity: float  # 0..10, relative to the most used product
+    health: Health
+    versions: tuple[str, ...]  # the newest version of each active major, newest first
+
+    @property
+    def product_id(self) -> str:
+        return self.descriptor.product_id
+
+    def to_json(self) -> dict[str, Any]:
+        """The seed design's catalog entry (product_id ... popularity_score) plus score and reasons."""
+        d = self.descriptor
+        sla = d.raw.get("spec", {}).get("sla") or {}
+        return {
+            "product_id": d.product_id,
+            "name": d.name,
+            "domain": d.domain,
+            "description": d.description,
+            "owner": d.owner,
+            "version": d.version,
+            "versions": list(self.versions),
+            "status": self.health.status,
+            "tags": list(d.tags),
+            "sla": dict(sla),
+            "sla_met": self.health.sla_met,
+            "sla_breaches": list(self.health.sla_breaches),
+            "quality_score": self.health.quality_score,
+            "consumers": self.consumers,
+            "queries": self.queries,
+            "last_queried": _iso(self.last_queried),
+            "popularity_score": self.popularity,
+            "score": round(self.score, 4),
+            "exact_match": self.exact,
+            "matches": [m.to_json() for m in self.matches],
+            "why": list(self.why),
+        }
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    query: str
+    hits: tuple[Hit, ...]
+    total: int  # every visible product that matched, not only the ones returned
+    search_time_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"query": self.query, "results": [h.to_json() for h in self.hits], "total_results": self.total,
+                "search_time_ms": round(self.search_time_ms, 3)}
+
+
+# --- the index -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    descriptor: Descriptor
+    tags: frozenset[str]
+    owner: str
+    owner_local: str
+    versions: tuple[str, ...]
+    name_words: frozenset[str]  # stemmed
+
+
+class _Index:
+    """Postings over one catalog snapshot: stemmed word -> [(entry, field, value)]."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.generation = catalog.generation
+        self.entries: list[_Entry] = []
+        self.by_name: dict[str, list[int]] = {}  # name and product id -> entries
+        postings: dict[str, dict[tuple[int, str, str], None]] = {}
+        for i, d in enumerate(catalog.products()):
+            owner = d.owner.lower()
+            self.entries.append(_Entry(d, frozenset(t.lower() for t in d.tags), owner, owner.split("@")[0],
+                                       tuple(m.version for m in catalog.majors(d.product_id)),
+                                       frozenset(stem(w) for w in words(d.name))))
+            self.by_name.setdefault(d.name, []).append(i)
+            self.by_name.setdefault(d.product_id, []).append(i)
+            for field_name, text, value in _fields(d):
+                for word in words(text):
+                    postings.setdefault(stem(word), {})[(i, field_name, value)] = None
+        self.postings: dict[str, tuple[tuple[int, str, str], ...]] = {w: tuple(p) for w, p in postings.items()}
+        self.vocabulary = sorted(self.postings)
+        self.domains = frozenset(e.descriptor.domain for e in self.entries)
+
+    def expand(self, term: str) -> list[tuple[str, bool]]:
+        """Index words a query term matches: itself, and words it is a prefix of (3+ letters)."""
+        found = [(term, False)] if term in self.postings else []
+        if len(term) >= 3:
+            start = bisect.bisect_left(self.vocabulary, term)
+            for word in self.vocabulary[start:start + MAX_PREFIX_EXPANSIONS + 1]:
+                if not word.startswith(term):
+                    break
+                if word != term:
+                    found.append((word, True))
+        return found
+
+
+def _fields(d: Descriptor) -> Iterable[tuple[str, str, str]]:
+    yield "name", d.name, d.name
+    yield "domain", d.domain, d.domain
+    yield "owner", d.owner, d.owner
+    if d.description:
+        yield "description", d.description, d.description
+    for tag in d.tags:
+        yield "tag", tag, tag
+    for column in d.columns:
+        yield "column", column.name, column.name
+        if column.description:
+            yield "column_description", column.description, column.name
+        for tag in column.spec.get("tags") or ():
+            yield "column_tag", str(tag), column.name
+        if column.spec.get("pii"):
+            yield "column_tag", "pii", column.name
+
+
+@dataclass
+class _Signals:
+    """Per-entry usage and health, as boosts; rebuilt when usage or health changes."""
+
+    key: Hashable
+    queries: list[int]
+    consumers: list[int]
+    last: list[float | None]
+    popularity: list[float]
+    health: list[Health]
+    boost: list[float]
+    taken_at: float = field(default_factory=time.monotonic)
+
+
+UNKNOWN_HEALTH = Health()
+
+
+def health_boost(health: Health) -> float:
+    """How health moves a product's rank: breached SLA x0.5, quality q x(0.6 + 0.4 q), unknown
+    x0.9 (a product known to be healthy ranks above one never checked), deprecated x0.3."""
+    factor = 1.0
+    if health.sla_met is False:
+        factor *= 0.5
+    factor *= 0.6 + 0.4 * health.quality_score if health.quality_score is not None else 0.9
+    if health.status == "deprecated":
+        factor *= 0.3
+    return factor
+
+
+class CatalogSearch:
+    """Search over a registry's catalog, with usage and health signals; thread-safe.
+
+    ``catalog`` returns the current snapshot (``Registry.catalog``); ``usage`` is the audit log's
+    usage index (None: no usage signal); ``health`` returns every product's health.
+    """
+
+    def __init__(self, catalog: Callable[[], Catalog], usage: UsageIndex | None = None,
+                 health: HealthSource | None = None) -> None:
+        self._catalog = catalog
+        self._usage = usage
+        self._health = health
+        self._lock = threading.Lock()
+        self._index: _Index | None = None
+        self._signals: _Signals | None = None
+        self._health_at = float("-inf")
+        self._health_map: Mapping[str, Health] = {}
+        self._health_version = 0
+        self._visible: dict[Hashable, list[bool]] = {}
+
+    # --- snapshots ---------------------------------------------------------------------------------
+
+    def index(self) -> _Index:
+        catalog = self._catalog()
+        index = self._index
+        if index is None or index.generation != catalog.generation:
+            with self._lock:
+                if self._index is None or self._index.generation != catalog.generation:
+                    self._index = _Index(catalog)
+                    self._visible.clear()
+                index = self._index
+        return index
+
+    def signals(self, index: _Index) -> _Signals:
+        """Usage and health per entry; recomputed when the index, the usage or the health changed."""
+        now = time.monotonic()
+        if self._health is not None and now - self._health_at >= HEALTH_MAX_AGE:
+            health = self._health()
+            if health != self._health_map:
+                self._health_map, self._health_version = health, self._health_version + 1
+            self._health_at = now
+        counts = self._usage.activity() if self._usage is not None else {}
+        key = (index.generation, self._usage.generation if self._usage is not None else 0, self._health_version)
+        signals = self._signals
+        if signals is not None and signals.key == key:
+            return signals
+        entries = index.entries
+        used = [counts.get(e.descriptor.product_id, (0, 0, None)) for e in entries]
+        raw = [math.log1p(q) + 2 * math.log1p(c) for q, c, _ in used]
+        top = max(raw, default=0.0) or 1.0
+        health = [self._health_map.get(e.descriptor.product_id, UNKNOWN_HEALTH) for e in entries]
+        signals = _Signals(
+            key,
+            [q for q, _, _ in used],
+            [c for _, c, _ in used],
+            [last for _, _, last in used],
+            [round(10 * r / top, 1) for r in raw],
+            health,
+            [(1 + 0.5 * r / top) * health_boost(h) for r, h in zip(raw, health)],
+        )
+        self._signals = signals
+        return signals
+
+    def visible(self, index: _Index, key: Hashable | None, may_read: Callable[[Descriptor], bool]) -> list[bool]:
+        """Which entries the principal may read, memoized per principal (``key``) and snapshot."""
+        if key is None:
+            return [may_read(e.descriptor) for e in index.entries]
+        found = self._visible.get(key)
+        if found is None:
+            found = [may_read(e.descriptor) for e in index.entries]
+            if len(self._visible) >= 256:
+                self._visible.pop(next(iter(self._visible)))
+            self._visible[key] = found
+        return found
+
+    # --- searching ---------------------------------------------------------------------------------
+
+    def search(
+        self,
+        text: str = "",
+        *,
+        domains: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        owners: Iterable[str] = (),
+        limit: int = DEFAULT_LIMIT,
+        may_read: Callable[[Descriptor], bool] = lambda d: True,
+        visibility_key: Hashable | None = None,
+    ) -> SearchResults:
+        """Products matching ``text`` (empty: every product, by popularity and health) that pass
+        every filter (``domains``: any of them; ``tags``: all of them; ``owners``: any of them,
+        the owner string or its part before ``@``, case-insensitive) and that ``may_read``
+        allows; the best ``limit``. ``visibility_key`` identifies the principal whose
+        ``may_read`` it is, so its decisions are computed once per catalog snapshot."""
+        started = time.perf_counter()
+        index = self.index()
+        signals = self.signals(index)
+        visible = self.visible(index, None if visibility_key is None else (visibility_key, index.generation), may_read)
+        wanted_domains = {d.lower() for d in domains}
+        wanted_tags = {t.lower() for t in tags}
+        wanted_owners = {o.lower() for o in owners}
+
+        def passes(i: int) -> bool:
+            if not visible[i]:
+                return False
+            e = index.entries[i]
+            return ((not wanted_domains or e.descriptor.domain in wanted_domains)
+                    and wanted_tags <= e.tags
+                    and (not wanted_owners or e.owner in wanted_owners or e.owner_local in wanted_owners))
+
+        typed = list(dict.fromkeys(words(text)))  # query terms as typed, once each
+        terms = list(dict.fromkeys(stem(t) for t in typed))
+        typed_of = {stem(t): t for t in typed}
+        exact_key = _as_name(text)
+        exact = set(index.by_name.get(exact_key, ())) if exact_key else set()
+        if not terms:
+            candidates = {i: 0.0 for i in range(len(index.entries)) if passes(i)}
+            scores = {i: signals.boost[i] for i in candidates}
+            matched: dict[int, dict[str, dict[tuple[str, str], bool]]] = {}
+        else:
+            scores, matched = self._text_scores(index, terms, passes)
+            scores = {i: s * signals.boost[i] for i, s in scores.items()}
+        for i in exact:
+            if passes(i):
+                scores.setdefault(i, signals.boost[i])
+        best = heapq.nsmallest(max(limit, 0), scores, key=lambda i: (i not in exact, -scores[i], index.entries[i].descriptor.product_id))
+        hits = tuple(self._hit(index, signals, i, scores[i], i in exact, matched.get(i, {}), typed_of, exact_key) for i in best)
+        return SearchResults(text, hits, len(scores), (time.perf_counter() - started) * 1000)
+
+    @staticmethod
+    def _text_scores(index: _Index, terms: list[str], passes: Callable[[int], bool]
+                     ) -> tuple[dict[int, float], dict[int, dict[str, dict[tuple[str, str], bool]]]]:
+        """Relevance per entry, and per entry term -> {(field, value): prefix-only}."""
+        n = max(len(index.entries), 1)
+        relevance: dict[int, float] = {}
+        matched: dict[int, dict[str, dict[tuple[str, str], bool]]] = {}
+        allowed: dict[int, bool] = {}
+        for term in terms:
+            per_entry: dict[int, dict[tuple[str, str], bool]] = {}
+            for word, prefix in index.expand(term):
+                for i, field_name, value in index.postings[word]:
+                    ok = allowed.get(i)
+                    if ok is None:
+                        ok = allowed[i] = passes(i)
+                    if not ok:
+                        continue
+                    fields = per_entry.setdefault(i, {})
+                    key = (field_name, value)
+                    fields[key] = fields.get(key, True) and prefix
+            if not per_entry:
+                continue
+            idf = math.log(1 + n / len(per_entry))
+            for i, fields in per_entry.items():
+                best: dict[str, float] = {}
+                for (field_name, _), prefix in fields.items():
+                    quality = PREFIX_QUALITY if prefix else 1.0
+                    if quality > best.get(field_name, 0.0):
+                        best[field_name] = quality
+                relevance[i] = relevance.get(i, 0.0) + idf * sum(FIELD_WEIGHTS[f] * q for f, q in best.items())
+                matched.setdefault(i, {})[term] = fields
+        wanted = set(terms)
+        scores = {i: r * (len(matched[i]) / len(terms)) ** 2 * (NAME_COVERED if index.entries[i].name_words <= wanted else 1.0)
+                  for i, r in relevance.items()}
+        return scores, matched
+
+    @staticmethod
+    def _hit(index: _Index, signals: _Signals, i: int, score: float, exact: bool,
+             matched: dict[str, dict[tuple[str, str], bool]], typed_of: dict[str, str], exact_key: str) -> Hit:
+        entry = index.entries[i]
+        by_field: dict[tuple[str, str], tuple[list[str], bool]] = {}
+        for term, fields in matched.items():
+            for key, prefix in fields.items():
+                terms, was_prefix = by_field.get(key, ([], True))
+                terms.append(typed_of.get(term, term))
+                by_field[key] = (terms, was_prefix and prefix)
+        order = list(FIELD_WEIGHTS)
+        matches = tuple(sorted((Match(f, v, tuple(t), p) for (f, v), (t, p) in by_field.items()),
+                               key=lambda m: (order.index(m.field), m.prefix, m.value)))
+        why: list[str] = []
+        if exact:
+            why.append("exact product id match" if exact_key == entry.descriptor.product_id else "exact name match")
+        why += [m.reason() for m in matches]
+        queries, consumers = signals.queries[i], signals.consumers[i]
+        if queries:
+            why.append(f"used: {queries} quer{'y' if queries == 1 else 'ies'} by {consumers} consumer{'' if consumers == 1 else 's'}"
+                       f" (popularity {signals.popularity[i]})")
+        health = signals.health[i]
+        if health.sla_met is False:
+            why.append("ranked lower: SLA not met" + (f" ({'; '.join(health.sla_breaches)})" if health.sla_breaches else ""))
+        if health.quality_score is not None:
+            why.append(f"quality score {health.quality_score:.2f}" + (" (ranked lower)" if health.quality_score < 0.9 else ""))
+        if health.status == "deprecated":
+            why.append("ranked lower: deprecated")
+        last = signals.last[i]
+        return Hit(entry.descriptor, score, exact, matches, tuple(why), queries, consumers,
+                   datetime.fromtimestamp(last, timezone.utc) if last is not None else None,
+                   signals.popularity[i], health, entry.versions)
+
+
+def _as_name(text: str) -> str:
+    """The query as a product name or id: ``Sales.Orders`` and ``sales orders`` -> itself lower-cased,
+    spaces as underscores (``customer lifetime value`` -> ``customer_lifetime_value``)."""
+    return "_".join(text.strip().lower().replace('"', "").split())
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if moment is not None else None
+
+
+# --- one search per gateway service -------------------------------------------------------------------
+
+_SEARCHES: weakref.WeakKeyDictionary[Any, CatalogSearch] = weakref.WeakKeyDictionary()
+_SEARCHES_LOCK = threading.Lock()
+
+
+def service_search(service: Any) -> CatalogSearch:
+    """The ``CatalogSearch`` of a ``GatewayService`` (its registry, its audit log's usage, the
+    registry's quality and SLA records), created on first use and kept while the service lives."""
+    with _SEARCHES_LOCK:
+        found = _SEARCHES.get(service)
+        if found is None:
+            found = _SEARCHES[service] = CatalogSearch(service.registry.catalog, service_usage(service), registry_health(service.registry))
+        return found
+
+
+def search_as(service: Any, principal: Any, text: str = "", **filters: Any) -> SearchResults:
+    """``CatalogSearch.search`` for ``principal``: only products its policies let it read."""
+    service.policies.reload_if_changed(min_interval=1.0)
+    key = (principal.name, tuple(sorted(principal.roles)), tuple(sorted((k, repr(v)) for k, v in principal.attributes.items())),
+           service.policies.generation)
+    return service_search(service).search(text, may_read=service._visible(principal), visibility_key=key, **filters)
+
+
+def registry_health(registry: Any) -> HealthSource:
+    """Health from what the registry records: nothing yet (quality scores and SLA checks land
+    with the lifecycle and SLA-monitor work), so every product's health is unknown."""
+    return lambda: {}
+
+
+# --- mesh.catalog: the same catalog entries for SQL clients ------------------------------------------
+
+
+@system_product(
+    "catalog",
+    "Every data product the caller may read, one row per product (its newest version): what catalog "
+    "search returns, for SQL. Filter with WHERE, e.g. WHERE domain = 'sales' AND tags LIKE '%pii%'.",
+    [
+        ("product_id", "string", "domain.product"),
+        ("domain", "string", "the owning domain"),
+        ("name", "string", "the product name"),
+        ("version", "string", "the newest active version"),
+        ("description", "string", "what the product holds"),
+        ("owner", "string", "the owning team"),
+        ("tags", "string", "the product's tags, comma-separated"),
+        ("columns", "string", "the contract's column names, comma-separated"),
+        ("status", "string", "active or deprecated"),
+        ("versions", "string", "the newest version of each active major, comma-separated, newest first"),
+        ("quality_score", "double", "the newest quality check's score (0-1); NULL: never checked"),
+        ("sla_met", "boolean", "the newest SLA check met every target; NULL: never checked"),
+        ("sla_freshness", "string", "the SLA's freshness target (e.g. 1h)"),
+        ("sla_availability", "double", "the SLA's availability target, percent"),
+        ("consumers", "int64", "distinct principals that queried it (audit log)"),
+        ("queries", "int64", "queries of it in the audit log"),
+        ("last_queried", "timestamptz", "its most recent query"),
+        ("popularity", "double", "0-10, relative to the most used product"),
+    ],
+)
+def catalog_rows(scope: SystemScope) -> pa.Table:
+    """One row per product ``scope.principal`` may read (the provider narrows as search does)."""
+    search = service_search(scope.service)
+    index = search.index()
+    signals = search.signals(index)
+    rows = [i for i, e in enumerate(index.entries) if scope.visible(e.descriptor)]
+    entries = [index.entries[i].descriptor for i in rows]
+    slas = [d.raw.get("spec", {}).get("sla") or {} for d in entries]
+    health = [signals.health[i] for i in rows]
+    last = [signals.last[i] for i in rows]
+    return pa.table({
+        "product_id": [d.product_id for d in entries],
+        "domain": [d.domain for d in entries],
+        "name": [d.name for d in entries],
+        "version": [d.version for d in entries],
+        "description": [d.description for d in entries],
+        "owner": [d.owner for d in entries],
+        "tags": [",".join(d.tags) for d in entries],
+        "columns": [",".join(c.name for c in d.columns) for d in entries],
+        "status": [h.status for h in health],
+        "versions": [",".join(index.entries[i].versions) for i in rows],
+        "quality_score": pa.array([h.quality_score for h in health], pa.float64()),
+        "sla_met": pa.array([h.sla_met for h in health], pa.bool_()),
+        "sla_freshness": pa.array([sla.get("freshness") for sla in slas], pa.string()),
+        "sla_availability": pa.array([sla.get("availability") for sla in slas], pa.float64()),
+        "consumers": pa.array([signals.consumers[i] for i in rows], pa.int64()),
+        "queries": pa.array([signals.queries[i] for i in rows], pa.int64()),
+        "last_queried": pa.array([int(t * 1_000_000) if t is not None else None for t in last], pa.timestamp("us", tz="UTC")),
+        "popularity": pa.array([signals.popularity[i] for i in rows], pa.float64()),
+    })
