@@ -64,7 +64,7 @@ PREFIX_QUALITY = 0.6
 MAX_PREFIX_EXPANSIONS = 64
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000
-HEALTH_MAX_AGE = 5.0
+HEALTH_MAX_AGE = 1.0
 """Seconds a snapshot of the products' health (quality scores, SLA checks) is reused."""
 
 _WORD = re.compile(r"[^\W_]+")
@@ -516,9 +516,31 @@ def search_as(service: Any, principal: Any, text: str = "", **filters: Any) -> S
 
 
 def registry_health(registry: Any) -> HealthSource:
-    """Health from what the registry records: nothing yet (quality scores and SLA checks land
-    with the lifecycle and SLA-monitor work), so every product's health is unknown."""
-    return lambda: {}
+    """Health from the SLA monitor's newest check of each product, kept in the registry database
+    (``gateway/sla_monitor.py``): a breached condition or a failed probe is an SLA not met, and the
+    check's quality score is the product's. The checks are re-read only when a new one was
+    recorded (their newest id changed), so asking every few seconds costs one indexed lookup."""
+    from gateway.sla_monitor import store_for
+
+    store = store_for(registry)
+    lock = threading.Lock()
+    seen: list[Any] = [None, {}]  # newest check id, health map
+
+    def health() -> Mapping[str, Health]:
+        with lock:
+            newest = store.newest_id()
+            if newest != seen[0]:
+                seen[:] = [newest, {pid: _sla_health(status) for pid, status in store.latest_all().items()}]
+            return seen[1]
+
+    return health
+
+
+def _sla_health(status: Any) -> Health:
+    breaches = [f"{condition}: {observed}" for condition, observed in sorted(status.breaches.items())]
+    if not status.available and "availability" not in status.breaches:
+        breaches.append(f"unavailable: {status.error or 'the probe query failed'}")
+    return Health(quality_score=status.quality_score, sla_met=not breaches, sla_breaches=tuple(breaches))
 
 
 # --- mesh.catalog: the same catalog entries for SQL clients ------------------------------------------

@@ -218,6 +218,10 @@ class SlaStore:
     def latest(self, product_id: str) -> SlaStatus | None:
         return self._latest(self._connect(), product_id)
 
+    def newest_id(self) -> int | None:
+        """The id of the newest check recorded: it changes whenever a check is (a cheap change test)."""
+        return self._connect().execute("SELECT max(id) FROM sla_checks").fetchone()[0]
+
     def latest_all(self) -> dict[str, SlaStatus]:
         """The newest check of every product that has one."""
         rows = self._connect().execute(

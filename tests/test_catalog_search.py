@@ -26,11 +26,13 @@ import pytest
 
 from gateway.audit import AuditLog
 from gateway.auth import Authenticator
-from gateway.catalog_search import CatalogSearch, Health, search_as
+from gateway.alerts import AlertSink
+from gateway.catalog_search import Health, health_boost, search_as
 from gateway.flight.server import MeshFlightServer
 from gateway.registry import Registry
 from gateway.rest import create_app, serve_http
 from gateway.service import GatewayService
+from gateway.sla_monitor import SlaMonitor
 from gateway.usage import service_usage
 from gateway.users import UsersFile, add_user
 from policies import ANONYMOUS, Principal
@@ -141,18 +143,40 @@ def test_usage_boost_changes_the_order(mesh: GatewayService) -> None:
     assert ids(browse)[0] == "marketing.daily_metrics" and browse.total == 7
 
 
-def test_unhealthy_products_rank_lower(mesh: GatewayService) -> None:
-    def health() -> dict[str, Health]:
-        return {"finance.weekly_metrics": Health(quality_score=0.4, sla_met=False, sla_breaches=("freshness: 3h old, SLA 1h",)),
-                "marketing.daily_metrics": Health(quality_score=1.0, sla_met=True)}
+def test_unhealthy_products_rank_lower(tmp_path: Path) -> None:
+    """Two products that match alike; the SLA monitor finds one's data two hours old against a
+    one-hour freshness SLA: it ranks below the fresh one, and says why."""
+    fresh, stale = sqlite_source(tmp_path / "fresh.db"), sqlite_source(tmp_path / "stale.db")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    registry = Registry(tmp_path / "registry.db")
+    registry.register([
+        product("finance", "weekly_metrics", stale, description="Weekly metrics", sla={"freshness": "1h"}),
+        product("marketing", "daily_metrics", fresh, description="Daily metrics", sla={"freshness": "1h"}),
+    ])
+    service = GatewayService(registry, policies=PolicyEngine.load(), audit=AuditLog(tmp_path / "audit.log"))
+    try:
+        assert ids(search_as(service, ALICE, "metrics")) == ["finance.weekly_metrics", "marketing.daily_metrics"]
+        SlaMonitor(registry, service.sources.connector_for, AlertSink()).check_now()
+        deadline = time.monotonic() + 5  # health is re-read at most once a second
+        while ids(results := search_as(service, ALICE, "metrics"))[0] != "marketing.daily_metrics" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ids(results) == ["marketing.daily_metrics", "finance.weekly_metrics"]
+        low = results.hits[1]
+        assert low.health.sla_met is False and low.to_json()["sla_met"] is False
+        assert any(reason.startswith("ranked lower: SLA not met (freshness: data is 2h old") for reason in low.why), low.why
+        assert results.hits[0].health.sla_met is True
+    finally:
+        service.close()
 
-    search = CatalogSearch(mesh.registry.catalog, service_usage(mesh), health)
-    results = search.search("metrics")
-    assert ids(results) == ["marketing.daily_metrics", "finance.weekly_metrics"]
-    low = results.hits[1]
-    assert "ranked lower: SLA not met (freshness: 3h old, SLA 1h)" in low.why
-    assert "quality score 0.40 (ranked lower)" in low.why
-    assert low.to_json()["quality_score"] == 0.4 and low.to_json()["sla_met"] is False
+
+def test_health_boost() -> None:
+    """Breached SLA halves, quality scales, never-checked sits just below checked and good."""
+    assert health_boost(Health(quality_score=1.0, sla_met=True)) == 1.0
+    assert health_boost(Health()) == 0.9
+    assert health_boost(Health(quality_score=0.5)) == pytest.approx(0.8)
+    assert health_boost(Health(quality_score=1.0, sla_met=False)) == 0.5
+    assert health_boost(Health(quality_score=1.0, status="deprecated")) == pytest.approx(0.3)
 
 
 # --- filters and policy -----------------------------------------------------------------------------------
