@@ -19,6 +19,10 @@ Fixtures:
   uniquely named empty database, dropped after the test.
 - ``fresh_pg_database`` (function): the URI of one such database.
 - ``free_port`` (session): callable ``free_port() -> int``, a currently free TCP port on 127.0.0.1.
+- ``redis_uri`` (session): ``redis://127.0.0.1:PORT/0`` of the throw-away Redis server that
+  ``scripts/test`` starts (``scripts/redis-test-server``; ``MESHGATE_TEST_REDIS_URI``).
+- ``redis_control`` (function): ``kill()`` (SIGKILL, as a crash), ``start()``, ``is_running()``
+  for that server; if a test leaves it down, it is started again after that test.
 """
 
 from __future__ import annotations
@@ -187,3 +191,63 @@ def live_mesh(tmp_path_factory: pytest.TempPathFactory, pg_uri: str):
     mesh = build_live_mesh(tmp_path_factory.mktemp("mesh"), pg_uri)
     yield mesh
     mesh.close()
+
+
+REDIS_HINT = "run the suite with scripts/test, which starts a throw-away Redis server (scripts/redis-test-server)"
+
+
+class RedisControl:
+    """Kills and restarts the throw-away Redis server with its own config file (same port)."""
+
+    def __init__(self, uri: str, binary: str, conf: Path) -> None:
+        self.uri = uri
+        self.binary = binary
+        self.conf = conf
+        self.pid_file = conf.parent / "redis.pid"
+
+    def _client(self):
+        import redis
+
+        return redis.Redis.from_url(self.uri, socket_timeout=1, socket_connect_timeout=1)
+
+    def is_running(self) -> bool:
+        try:
+            return bool(self._client().ping())
+        except Exception:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no goodbye to clients) and wait until it is gone."""
+        pid = int(self.pid_file.read_text())
+        os.kill(pid, 9)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        subprocess.run([self.binary, str(self.conf)], check=True, capture_output=True, timeout=30)  # daemonizes
+        deadline = time.monotonic() + timeout
+        while not self.is_running():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not come back on {self.uri}")
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_uri() -> str:
+    uri = os.environ.get("MESHGATE_TEST_REDIS_URI")
+    if not uri:
+        pytest.skip(f"MESHGATE_TEST_REDIS_URI is not set: {REDIS_HINT}")
+    return uri
+
+
+@pytest.fixture
+def redis_control(redis_uri: str):
+    binary, conf = os.environ.get("MESHGATE_TEST_REDIS_BIN"), os.environ.get("MESHGATE_TEST_REDIS_CONF")
+    if not binary or not conf:
+        pytest.skip(f"MESHGATE_TEST_REDIS_BIN/MESHGATE_TEST_REDIS_CONF are not set: {REDIS_HINT}")
+    control = RedisControl(redis_uri, binary, Path(conf))
+    yield control
+    if not control.is_running():  # a test that kills the server must not break the rest
+        control.start()

@@ -62,6 +62,15 @@ def _http_port(text: str) -> int:
     return port
 
 
+def _redis_uri(text: str) -> str:
+    from gateway.redis_tier import check_uri
+
+    try:
+        return check_uri(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"--cache {text}: ")) from None
+
+
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=_http_port, default=None,
                         help=f"REST API port (default {DEFAULT_HTTP_PORT}, skipped with a warning if taken; 0: no REST API)")
@@ -73,6 +82,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
                         help="result cache size, e.g. 2GiB (default: 1/16 of RAM; 0: no result cache)")
     parser.add_argument("--cache-max-entry-bytes", type=parse_size, default=64 * 1024**2,
                         help="results larger than this are not cached (default 64MiB)")
+    parser.add_argument("--cache", type=_redis_uri, default=None, metavar="redis://HOST:PORT/DB",
+                        help="a shared Redis cache tier behind each process's own, so several gateway replicas share "
+                             "entries (a Redis outage only falls back to the in-process cache)")
     parser.add_argument("--max-queued-queries", type=int, default=64)
     parser.add_argument("--grace-period", type=float, default=30.0, help="seconds running queries get to finish on SIGTERM")
     parser.add_argument("--policies", type=Path, default=None, help="policy directory: global/*.yaml, domains/<domain>/*.yaml (default: the packaged policies)")
@@ -114,12 +126,21 @@ def _service(args: argparse.Namespace, registry):  # noqa: ANN001, ANN202
         max_queued_queries=args.max_queued_queries,
         cache_bytes=args.cache_bytes,
         cache_max_entry_bytes=args.cache_max_entry_bytes,
+        cache_redis=args.cache,
     )
     from gateway.audit import AuditLog
     from policies.engine import PolicyEngine
 
     audit = AuditLog(args.audit_log) if args.audit_log else None
-    return GatewayService(registry, settings, PolicyEngine.load(args.policies), audit)
+    service = GatewayService(registry, settings, PolicyEngine.load(args.policies), audit)
+    shared = service.cache.shared if service.cache is not None else None
+    if args.cache and shared is None:
+        stderr.print("[yellow]warning:[/yellow] --cache is ignored with --cache-bytes 0 (no cache at all)")
+    elif shared is not None:
+        reachable = shared.ping()  # type: ignore[attr-defined]
+        stderr.print(f"shared cache tier: {escape(shared.uri)}"  # type: ignore[attr-defined]
+                     + ("" if reachable else " [yellow](not reachable now: serving from this process's cache until it answers)[/yellow]"))
+    return service
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
