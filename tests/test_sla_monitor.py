@@ -212,10 +212,13 @@ def test_completeness_and_quality_breaches(tmp_path: Path, receiver: Receiver) -
         clock.advance(300)
         [status] = monitor.check_now()
         assert status.row_count == 90 and status.completeness == 90.0
-        assert status.quality_score == 0.5  # one of two rules fails
+        # the declared rules and the contract's (id required): one of three fails
+        assert [(q["name"], q["passed"]) for q in status.quality] == [
+            ("amount_positive", False), ("id_present", True), ("id.required", True)]
+        assert status.quality_score == 0.6667
         assert set(status.breaches) == {"completeness", "quality"}
         assert "failing: amount_positive" in status.breaches["quality"]
-        assert metric("product_quality_score", product_id="shop.orders") == 0.5
+        assert metric("product_quality_score", product_id="shop.orders") == 0.6667
         assert metric("product_completeness_ratio", product_id="shop.orders") == 0.9
         assert metric("product_validation_failures_total", product_id="shop.orders", rule="amount_positive") == failures_before + 1
         clock.advance(300)
@@ -228,7 +231,7 @@ def test_completeness_and_quality_breaches(tmp_path: Path, receiver: Receiver) -
     assert sorted((b["status"], b["condition"]) for b in bodies) == [
         ("firing", "completeness"), ("firing", "quality"), ("resolved", "completeness")]
     quality = next(b for b in bodies if b["condition"] == "quality")
-    assert quality["observed"] == 0.5 and quality["threshold"] == 1.0
+    assert quality["observed"] == 0.6667 and quality["threshold"] == 1.0
 
 
 def test_background_monitor_survives_slow_dead_and_broken_sources(tmp_path: Path, make_pg_database) -> None:  # noqa: ANN001
