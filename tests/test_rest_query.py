@@ -378,3 +378,27 @@ def test_arrow_answers_stream_batch_by_batch(api: Api) -> None:
         assert first.num_rows > 0
     # the server released the query: it still answers, within admission limits
     assert api.call(QUERY, {"sql": "SELECT 1 AS one"}).json()["rows"] == [{"one": 1}]
+
+
+# --- OpenAPI ------------------------------------------------------------------------------------------
+
+
+def test_openapi_describes_the_routes_with_models(api: Api) -> None:
+    document = api.call("/api/openapi.json", user=None).json()
+    paths = document["paths"]
+    schemas = document["components"]["schemas"]
+    assert {"ErrorBody", "Problem", "Token", "QueryRequest", "ProductQueryRequest", "QueryResult"} <= set(schemas)
+    assert set(schemas["ErrorBody"]["properties"]) == {"error", "detail", "field", "problems"}
+    for path, method in (("/api/v1/auth/token", "post"), ("/api/v1/query", "post"),
+                         ("/api/v1/data-products/{product_id}/query", "post")):
+        operation = paths[path][method]
+        assert operation["summary"] and operation["responses"]["401"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+        assert operation["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    for path in ("/api/v1/query", "/api/v1/data-products/{product_id}/query"):
+        operation = paths[path]["post"]
+        assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("QueryRequest")
+        content = operation["responses"]["200"]["content"]
+        assert content["application/json"]["schema"]["$ref"].endswith("/QueryResult") and ARROW in content
+        assert "406" in operation["responses"] and "403" in operation["responses"]
+    assert paths["/api/v1/auth/token"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Token")
+    assert api.call("/api/docs", user=None).status == 200
