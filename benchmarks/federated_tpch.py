@@ -299,9 +299,11 @@ def descriptor_pg_uri(uri: str) -> tuple[str, dict[str, str]]:
 
 
 def write_descriptors(
-    products_dir: Path, split: dict[str, list[str]], pg_uri: str, pg_schema: str, sqlite_path: Path, parquet_dir: Path
+    products_dir: Path, split: dict[str, list[str]], pg_uri: str, pg_schema: str, sqlite_path: Path, parquet_dir: Path,
+    sla: dict[str, str] | None = None,
 ) -> None:
-    """One ``data-product.yaml`` per table (domain ``tpch``, product name = table name)."""
+    """One ``data-product.yaml`` per table (domain ``tpch``, product name = table name), each with
+    ``spec.sla`` = ``sla`` when given (benchmarks/cache_bench.py declares a freshness SLA)."""
     import yaml
 
     if products_dir.exists():
@@ -333,7 +335,7 @@ def write_descriptors(
                 "tags": ["tpch", "benchmark"],
                 "description": f"TPC-H {table} ({kind})",
             },
-            "spec": {"source": source, "schema": schema},
+            "spec": {"source": source, "schema": schema, **({"sla": dict(sla)} if sla else {})},
         }
         text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
         (products_dir / f"{table}.yaml").write_text(f"# Written by benchmarks/federated_tpch.py\n{text}")

@@ -271,11 +271,14 @@ class ResultCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def clear(self) -> None:
-        """Forget every entry of this process (the shared tier keeps its own until they expire)."""
+    def clear(self, level: str | None = None) -> None:
+        """Forget this process's entries of ``level`` (default: both levels); the shared tier
+        keeps its own until they expire."""
         with self._lock:
-            self._entries.clear()
-            self._too_big.clear()
+            for slot in [s for s in self._entries if level is None or s[0] == level]:
+                del self._entries[slot]
+            for slot in [s for s in self._too_big if level is None or s[0] == level]:
+                del self._too_big[slot]
 
     # --- lookups ----------------------------------------------------------------------------
 
