@@ -85,6 +85,11 @@ class Descriptor:
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
 
+    @property
+    def derived(self) -> bool:
+        """A view over other products (``source.connector: mesh``): no source of its own."""
+        return self.source.connector == "mesh"
+
 
 # --- a small structural validator -------------------------------------------------------------
 # Each spec maps a key to (required, check). A check gets (value, path, problems) and appends

@@ -76,7 +76,10 @@ class Engine:
             exact=frozenset(f.name for f in plan.fragments if f.unfiltered),
             key_limits={f.name: f.connector.capabilities.max_in_list for f in plan.fragments if f.connector},
         )
-        tables = self._fetch_all(plan.fragments, probes, control)
+        tables = self._fetch_all([f for f in plan.fragments if not f.stage], probes, control)
+        for stage in (f for f in plan.fragments if f.stage):
+            control.check()
+            tables[stage.name] = self._run_stage(tables, stage.post_sql)  # type: ignore[arg-type]
         return self._run_residual(plan, tables, control)
 
     def result_schema(self, plan: BoundPlan, fragment_schemas: dict[str, pa.Schema]) -> pa.Schema:
@@ -204,6 +207,22 @@ class Engine:
     def post_schema(self, raw: pa.Schema, post_sql: str) -> pa.Schema:
         """The schema a fragment has after its post-processing, without running it."""
         return self._post_process(raw.empty_table(), post_sql).schema
+
+    def _run_stage(self, tables: dict[str, pa.Table], sql: str) -> pa.Table:
+        """A governed derived product over several sources, computed whole from its fragments
+        before the query sees any of its rows (so no predicate of the query's runs on a row its
+        row filters remove)."""
+        ctx = self._context()
+        for name, table in tables.items():
+            ctx.from_arrow(table, name=name)
+        try:
+            return ctx.sql(sql).to_arrow_table()
+        except Exception as err:  # noqa: BLE001 - DataFusion raises plain exceptions
+            raise _engine_error(err) from err
+
+    def stage_schema(self, schemas: dict[str, pa.Schema], sql: str) -> pa.Schema:
+        """The schema of a stage over fragments of ``schemas``, without running it."""
+        return self._run_stage({name: schema.empty_table() for name, schema in schemas.items()}, sql).schema
 
     # --- residual -----------------------------------------------------------------------------
 

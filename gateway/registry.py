@@ -116,6 +116,10 @@ class Registry:
             if key in seen:
                 raise InvalidDescriptor(d.product_id, [f"version {d.version} given twice in one registration"])
             seen.add(key)
+        if any(d.derived for d in descriptors):
+            from gateway.lineage import check_derived  # lineage needs the planner, which needs this module
+
+            check_derived(self._load(self.generation()), descriptors)  # inputs exist, no cycle
         conn = self._connect()
         outcome: list[tuple[str, str, str]] = []
         conn.execute("BEGIN IMMEDIATE")

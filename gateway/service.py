@@ -369,6 +369,9 @@ class GatewayService:
             result_cache, fragment_cache = "bypass: no cache (--cache-bytes 0)", {}
         rows: list[tuple[str, str, str, str, str]] = []
         for fragment in bound.fragments:
+            if fragment.stage:
+                rows.append((f"stage {fragment.name}", "datafusion", "", fragment.post_sql or ""))
+                continue
             source = fragment.connector.display_name if fragment.connector else "system (in memory)"
             rows.append((f"fragment {fragment.name}", source, ", ".join(fragment.products), fragment.sql or "(in memory)",
                          fragment_cache.get(fragment.name, "")))
@@ -461,7 +464,12 @@ class GatewayService:
 
     def _result_schema(self, plan: Plan) -> pa.Schema:
         bound = bind_for_schema(plan)
-        schemas = {f.name: self._fragment_schema(f, b, plan) for f, b in zip(plan.fragments, bound.fragments)}
+        schemas: dict[str, pa.Schema] = {}
+        for fragment, bound_fragment in zip(plan.fragments, bound.fragments):  # a stage reads earlier ones
+            schemas[fragment.name] = (
+                self.engine.stage_schema(schemas, bound_fragment.post_sql) if bound_fragment.stage and bound_fragment.post_sql
+                else self._fragment_schema(fragment, bound_fragment, plan)
+            )
         return self.engine.result_schema(bound, schemas)
 
     def _fragment_schema(self, fragment: Fragment, bound: BoundFragment, plan: Plan) -> pa.Schema:

@@ -30,6 +30,7 @@ class BoundFragment:
     local: LocalRows | None = None  # rows served from memory, produced when the query runs
     post_sql: str | None = None  # DataFusion SQL over the fetched rows (table "__raw"), if any
     unfiltered: bool = False  # no predicates: it returns every row of its source (exact estimate)
+    stage: bool = False  # computed by the engine (post_sql) from earlier fragments, before the residual
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def _render(plan: Plan, literals: list[exp.Expression]) -> BoundPlan:
             BoundFragment(
                 fragment.name, fragment.connector, sql, fragment.expected, fragment.products, fragment.local, post,
                 unfiltered=fragment.expression is not None and not fragment.expression.find(exp.Where),
+                stage=fragment.stage,
             )
         )
     residual = _substitute(plan.residual, literals).sql(dialect="postgres", identify=True)

@@ -2,7 +2,8 @@
 
 Each rule is one module exporting one function ``rule(expression, ctx) -> expression``; the
 order below is the whole algorithm.  Governance (``apply_policies``) runs right after products
-are resolved, so every later rule sees the governed query and nothing can push around it.
+are resolved, so every later rule sees the governed query and nothing can push around it;
+derived products are then expanded into their (governed) queries.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from sqlglot import exp
 
 from gateway.planner.apply_policies import apply_policies
 from gateway.planner.context import PlanContext
+from gateway.planner.expand_derived_products import expand_derived_products
 from gateway.planner.name_outputs import deduplicate_outputs, name_outputs
 from gateway.planner.number_parameters import number_parameters
 from gateway.planner.parse_statement import Statement
@@ -33,6 +35,7 @@ RULES: tuple[Rule, ...] = (
     reject_unsafe_functions,
     resolve_products,
     apply_policies,
+    expand_derived_products,
     number_parameters,
     name_outputs,
     qualify_columns,
@@ -51,7 +54,8 @@ def plan_statement(sql: str, statement: Statement, ctx: PlanContext) -> Plan:
     for rule in RULES:
         expression = rule(expression, ctx)
     assert isinstance(expression, exp.Query)
-    products = tuple(sorted({p for f in ctx.fragments for p in f.products}))
+    derived = {f"{b.descriptor.product_id}@{b.descriptor.version}" for b in ctx.bindings.values() if b.descriptor and b.descriptor.derived}
+    products = tuple(sorted({p for f in ctx.fragments for p in f.products} | derived))
     return Plan(
         sql, expression, ctx.fragments, ctx.output_names, list(ctx.parameter_types), products, ctx.dynamic_filters,
         ctx.decisions,

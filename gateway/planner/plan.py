@@ -78,6 +78,7 @@ class Fragment:
     bindings: tuple[Binding, ...]  # the product references it reads
     local: LocalRows | None = None
     post: exp.Select | None = None  # engine-side governance over the fetched rows (table RAW_TABLE)
+    stage: bool = False  # no source: ``post`` runs in the engine over earlier fragments (by name)
 
     @property
     def products(self) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from gateway.planner.context import PlanContext
+from gateway.planner.expand_derived_products import DERIVED
 
 
 def protect_aggregates(expression: exp.Expression, ctx: PlanContext) -> exp.Expression:
@@ -51,4 +52,5 @@ def _products_under(scope: Scope, ctx: PlanContext) -> set[str]:
                 binding = ctx.bindings.get(table.name)
                 if binding is not None and binding.descriptor is not None:
                     found.add(binding.descriptor.product_id)
+            found.update(s.meta[DERIVED] for s in node.find_all(exp.Select) if DERIVED in s.meta)  # derived products' own
     return found

@@ -16,6 +16,8 @@ from gateway.planner.apply_policies import BARRIER
 from gateway.planner.context import PlanContext
 from gateway.planner.fragments import add_source_fragment, bound_tables, conjuncts, pushable, to_physical
 from gateway.planner.plan import RAW_TABLE, Binding, Fragment
+from gateway.planner.push_join_groups import push_join_groups
+from gateway.planner.push_scans import push_scans
 
 
 def push_subtrees(expression: exp.Expression, ctx: PlanContext) -> exp.Expression:
@@ -54,9 +56,14 @@ def _push_barriers(expression: exp.Query, ctx: PlanContext) -> None:
     sub-select to them before the query runs.  Later rules then see a plain fragment table,
     which keeps every sub-tree around it out of the source (it is not a product any more).
     """
-    for node in list(expression.find_all(exp.Subquery)):
+    for node in reversed(list(expression.find_all(exp.Subquery))):  # inner barriers first
         select = node.this
         if not (isinstance(select, exp.Select) and select.meta.get(BARRIER)):
+            continue
+        source = select.args["from_"].this
+        if not (isinstance(source, exp.Table) and source.name in ctx.bindings):
+            fragment = _derived_barrier(select, ctx)
+            node.replace(exp.Table(this=exp.to_identifier(fragment.name), alias=node.args["alias"].copy()))
             continue
         (table, binding), = bound_tables(select, ctx)
         assert binding.connector is not None and binding.descriptor is not None
@@ -65,6 +72,22 @@ def _push_barriers(expression: exp.Query, ctx: PlanContext) -> None:
         else:
             fragment = _raw_fragment_with_post(select, table, binding, ctx)
         node.replace(exp.Table(this=exp.to_identifier(fragment.name), alias=node.args["alias"].copy()))
+
+
+def _derived_barrier(select: exp.Select, ctx: PlanContext) -> Fragment:
+    """A derived product's own governed sub-select (its masks and row filters over its query).
+
+    It runs whole in its inputs' one full-SQL source when it can (its inputs' own barriers are
+    fragments by now, so an input with governance keeps it from that); otherwise it is planned
+    like a query of its own, over fragments, and the engine computes it as a *stage* before the
+    query sees any of its rows.
+    """
+    bindings = _single_source(select, ctx)
+    if bindings is not None:
+        return add_source_fragment(ctx, select, bindings, None)
+    for rule in (push_subtrees, push_join_groups, push_scans):
+        rule(select, ctx)
+    return ctx.add_fragment(lambda name: Fragment(name, None, None, None, (), post=select, stage=True))
 
 
 def _raw_fragment_with_post(select: exp.Select, table: exp.Table, binding: Binding, ctx: PlanContext) -> Fragment:

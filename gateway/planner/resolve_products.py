@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+from gateway.descriptor import Descriptor
 from gateway.errors import NotFound
 from gateway.planner.context import PlanContext
 from gateway.planner.plan import Binding
@@ -34,7 +35,7 @@ def _bind(table: exp.Table, ctx: PlanContext) -> Binding:
         raise NotFound(f"unknown catalog '{table.catalog}' in '{table.sql('postgres')}': the only catalog is '{CATALOG}'")
     if not table.db and ctx.default_schema:  # the session's schema option
         descriptor = ctx.catalog.resolve(ctx.default_schema, _folded(table.this))
-        return Binding(name, descriptor, ctx.connector_for(descriptor))
+        return _product_binding(name, descriptor, ctx)
     if not table.db:
         matches = [d.product_id for d in ctx.catalog.products() if d.name == table.name]
         hint = f"; did you mean {', '.join(matches)}?" if matches else ""
@@ -48,7 +49,12 @@ def _bind(table: exp.Table, ctx: PlanContext) -> Binding:
         descriptor, rows = found
         return Binding(name, descriptor, None, local=rows)
     descriptor = ctx.catalog.resolve(_folded(table.args["db"]), _folded(table.this))
-    return Binding(name, descriptor, ctx.connector_for(descriptor))
+    return _product_binding(name, descriptor, ctx)
+
+
+def _product_binding(name: str, descriptor: Descriptor, ctx: PlanContext) -> Binding:
+    """A derived product has no connector: ``expand_derived_products`` replaces it by its query."""
+    return Binding(name, descriptor, None if descriptor.derived else ctx.connector_for(descriptor))
 
 
 def _folded(identifier: exp.Identifier) -> str:

@@ -53,6 +53,8 @@ def readiness(service: Any, timeout: float = 2.0) -> dict[str, Any]:
     report["policies"] = {"ok": error is None, "generation": service.policies.generation} | ({"error": error} if error else {})
     by_source: dict[tuple[str, str], Any] = {}
     for descriptor in catalog.products():
+        if descriptor.derived:  # a view over other products: their sources are probed
+            continue
         by_source.setdefault((descriptor.source.connector, descriptor.source.uri), descriptor)
     pool = ThreadPoolExecutor(max_workers=max(1, min(8, len(by_source))), thread_name_prefix="readyz")
     futures = {pool.submit(_probe, service, d): d for d in by_source.values()}
