@@ -90,10 +90,16 @@ def build_live_mesh(tmp: Path, pg_uri: str, scale: float = 0.02) -> LiveMesh:
 
 
 def load_oracle(service: GatewayService, descriptors: list[Descriptor], oracle_uri: str) -> None:
-    """Copy every product, read straight from its source and typed by its contract, to PostgreSQL."""
+    """Copy every product, read straight from its source and typed by its contract, to PostgreSQL;
+    a derived product becomes a view of its query (typed by its contract)."""
     with pg_dbapi.connect(oracle_uri) as conn:
         with conn.cursor() as cur:
-            for d in descriptors:
+            for d in sorted(descriptors, key=lambda d: d.derived):  # views after the tables they read
+                if d.derived:
+                    casts = ", ".join(f'CAST("{c.name}" AS {c.type.sql}) AS "{c.name}"' for c in d.columns)
+                    cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{d.domain}"')
+                    cur.execute(f'CREATE VIEW "{d.domain}"."{d.name}" AS SELECT {casts} FROM ({d.source.query}) AS q')
+                    continue
                 connector = service.sources.connector_for(d)
                 relation = connector.relation(d.source.table, d.source.query)
                 scan = connector.scan(connector.render(exp.select("*").from_(relation)))

@@ -28,7 +28,7 @@ from gateway.types import parse_type
 SCALE = 0.01
 PRODUCTS = {
     "customers": {"customers", "segments"},
-    "orders": {"orders", "order_items"},
+    "orders": {"orders", "order_items", "revenue_by_country"},
     "payments": {"payments"},
     "shipping": {"shipments", "carriers"},
 }
@@ -65,14 +65,19 @@ def _read_source(path: Path, doc: dict[str, Any]) -> pa.Table:
 
 
 def _load_mesh(mesh: DemoMesh) -> duckdb.DuckDBPyConnection:
-    """One DuckDB holding every product as ``domain.name`` in its contract types."""
+    """One DuckDB holding every product as ``domain.name`` in its contract types (a derived
+    product as a view of its query)."""
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute("SET TimeZone = 'UTC'")
-    for product_id, (path, doc) in _descriptors(mesh).items():
-        rows = _read_source(path, doc)  # noqa: F841 - read by DuckDB's replacement scan below
+    descriptors = _descriptors(mesh).items()
+    for product_id, (path, doc) in sorted(descriptors, key=lambda item: item[1][1]["spec"]["source"]["connector"] == "mesh"):
         schema = doc["spec"]["schema"]
         casts = ", ".join(f"CAST({c['name']} AS {parse_type(c['type']).sql}) AS {c['name']}" for c in schema)
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {doc['metadata']['domain']}")
+        if doc["spec"]["source"]["connector"] == "mesh":
+            con.execute(f"CREATE VIEW {product_id} AS SELECT {casts} FROM ({doc['spec']['source']['query']})")
+            continue
+        rows = _read_source(path, doc)  # noqa: F841 - read by DuckDB's replacement scan below
         con.execute(f"CREATE TABLE {product_id} AS SELECT {casts} FROM rows")
     return con
 
@@ -118,8 +123,11 @@ def test_descriptors_follow_the_design_format(mesh: DemoMesh) -> None:
         assert len(spec["quality"]) >= 1
         source = spec["source"]
         connectors[product_id] = source["connector"]
-        assert source["uri"].startswith("../../") and (path.parent / source["uri"]).exists()
-        assert ("table" in source) == (source["connector"] != "parquet")
+        if source["connector"] == "mesh":  # derived: a query over other products, no source of its own
+            assert set(source) == {"connector", "query"} and "FROM orders.orders" in source["query"]
+        else:
+            assert source["uri"].startswith("../../") and (path.parent / source["uri"]).exists()
+            assert ("table" in source) == (source["connector"] != "parquet")
         for column in spec["schema"]:
             assert column["type"] in CONTRACT_TYPES or column["type"].startswith("decimal("), column
             assert column["description"]
@@ -128,7 +136,7 @@ def test_descriptors_follow_the_design_format(mesh: DemoMesh) -> None:
             assert spec["sla"]["freshness"]
     assert connectors == {
         "customers.customers": "sqlite", "customers.segments": "sqlite",
-        "orders.orders": "duckdb", "orders.order_items": "duckdb",
+        "orders.orders": "duckdb", "orders.order_items": "duckdb", "orders.revenue_by_country": "mesh",
         "payments.payments": "parquet",
         "shipping.shipments": "duckdb", "shipping.carriers": "duckdb",
     }
@@ -195,6 +203,14 @@ def test_example_queries_are_cross_domain_and_return_rows(
         assert loaded.execute(sql).fetchall(), title
 
 
+def test_derived_product_reads_orders_and_customers(mesh: DemoMesh, loaded: duckdb.DuckDBPyConnection) -> None:
+    assert mesh.derived_products == ["orders.revenue_by_country"]
+    rows = loaded.execute("SELECT country, orders, revenue FROM orders.revenue_by_country ORDER BY country").fetchall()
+    assert len(rows) >= 5 and all(orders > 0 and revenue > 0 for _, orders, revenue in rows)
+    not_cancelled = "SELECT count(*) FROM orders.orders WHERE status <> 'cancelled'"
+    assert _scalar(loaded, "SELECT sum(orders) FROM orders.revenue_by_country") == _scalar(loaded, not_cancelled)
+
+
 def test_row_counts_follow_scale(mesh: DemoMesh, loaded: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     bigger = _load_mesh(generate_demo_mesh(tmp_path, scale=SCALE * 3, progress=False))
     counts = {}
@@ -240,7 +256,7 @@ def test_an_interrupted_run_is_redone(tmp_path: Path) -> None:
     mesh = generate_demo_mesh(tmp_path, scale=SCALE, progress=False)
     with duckdb.connect(str(tmp_path / "orders.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM orders").fetchall() == [(1_000,)]
-    assert len(_descriptors(mesh)) == 7
+    assert len(_descriptors(mesh)) == 8
 
 
 def test_descriptors_never_hold_a_postgres_password() -> None:
