@@ -370,7 +370,7 @@ class GatewayService:
         rows: list[tuple[str, str, str, str, str]] = []
         for fragment in bound.fragments:
             if fragment.stage:
-                rows.append((f"stage {fragment.name}", "datafusion", "", fragment.post_sql or ""))
+                rows.append((f"stage {fragment.name}", "datafusion", "", fragment.post_sql or "", "computed from the fragments it reads"))
                 continue
             source = fragment.connector.display_name if fragment.connector else "system (in memory)"
             rows.append((f"fragment {fragment.name}", source, ", ".join(fragment.products), fragment.sql or "(in memory)",
