@@ -207,6 +207,10 @@ def test_max_staleness_and_cache_control_reach_the_result_cache(api: Api) -> Non
     assert api.call(QUERY, {"sql": sql, "max_staleness": 0}).header("X-Meshgate-Cache") == "bypass"
     assert api.call(QUERY, {"sql": sql}, headers={"Cache-Control": "no-cache"}).header("X-Meshgate-Cache") == "bypass"
     assert api.call(QUERY, {"sql": sql}, headers={"Cache-Control": "max-age=3600"}).header("X-Meshgate-Cache") == "hit"
+    assert api.call(QUERY, {"sql": sql}, headers={"X-Meshgate-Max-Staleness": "0"}).header("X-Meshgate-Cache") == "bypass"
+    assert api.call(QUERY, {"sql": sql}, headers={"X-Meshgate-Max-Staleness": "1h"}).header("X-Meshgate-Cache") == "hit"
+    response = api.call(QUERY, {"sql": sql}, headers={"X-Meshgate-Max-Staleness": "soon"})
+    assert response.status == 422 and response.json()["field"] == "X-Meshgate-Max-Staleness"
     response = api.call(QUERY, {"sql": sql, "max_staleness": "soon"})
     assert response.status == 422 and response.json()["field"] == "max_staleness"
 

@@ -8,8 +8,8 @@ the result cache. JSON or an Arrow IPC stream by ``Accept`` (``gateway/rest/resu
 Parameters (``?`` or ``$1`` in the SQL) are JSON values; where the statement compares a
 parameter with a product column, a string is read as that column's type (a date, a timestamp, a
 decimal), as a Flight SQL client binds by the prepared statement's parameter schema.
-``max_staleness`` (or ``Cache-Control: max-age=N`` / ``no-cache``) bounds how old a cached answer
-may be, like the Flight SQL session option.
+``max_staleness`` (or the ``X-Meshgate-Max-Staleness`` header, or ``Cache-Control: max-age=N`` /
+``no-cache``) bounds how old a cached answer may be, like the Flight SQL session option.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
-from gateway.cache import parse_duration
+from gateway.cache import MAX_STALENESS_HEADER, parse_duration
 from gateway.descriptor import Descriptor
 from gateway.errors import InvalidQuery, NotFound
 from gateway.names import CATALOG
@@ -77,13 +77,14 @@ class ProductQueryRequest(BaseModel):
 @router.post("/api/v1/query", responses={**RESULT_CONTENT, **errors(400, 403, 404, 406, 503, 504)},
              summary="Run a SQL query under the caller's policies")
 def query(request: Request, body: QueryRequest = Body(...), principal: Principal = Depends(caller),
-          accept: str | None = Header(None), cache_control: str | None = Header(None)) -> Any:
+          accept: str | None = Header(None), cache_control: str | None = Header(None),
+          x_meshgate_max_staleness: str | None = Header(None)) -> Any:
     """Run one read statement with exactly the governance of Flight SQL (masks, row filters,
     audit, admission control, timeout, result cache). Answers JSON or an Arrow IPC stream by
     `Accept`; the result metadata is also in `X-Meshgate-*` headers."""
     media_type = negotiate(accept)
     return _run(request, principal, body.sql, body.parameters, body.default_schema,
-                _staleness(body.max_staleness, cache_control), media_type)
+                _staleness(body.max_staleness, cache_control, x_meshgate_max_staleness), media_type)
 
 
 @router.post("/api/v1/data-products/{product_id}/query",
@@ -91,7 +92,7 @@ def query(request: Request, body: QueryRequest = Body(...), principal: Principal
              summary="Query one data product by columns and filters, or by SQL")
 def query_product(product_id: str, request: Request, body: ProductQueryRequest = Body(...),
                   principal: Principal = Depends(caller), accept: str | None = Header(None),
-                  cache_control: str | None = Header(None)) -> Any:
+                  cache_control: str | None = Header(None), x_meshgate_max_staleness: str | None = Header(None)) -> Any:
     """`product_id` is `domain.product` (the newest active major) or `domain.product@MAJOR`. A
     product the caller may not read is 404, as if it did not exist. The body is either `sql`
     reading this product or the structured fields; the generated SQL is returned in the JSON
@@ -99,7 +100,7 @@ def query_product(product_id: str, request: Request, body: ProductQueryRequest =
     media_type = negotiate(accept)
     service = request.app.state.service
     descriptor = visible_product(service, principal, product_id)
-    staleness = _staleness(body.max_staleness, cache_control)
+    staleness = _staleness(body.max_staleness, cache_control, x_meshgate_max_staleness)
     if body.sql is not None:
         conflicting = [name for name in ("columns", "filters", "where", "order_by", "limit", "offset")
                        if getattr(body, name) is not None]
@@ -253,15 +254,18 @@ def typed_parameters(values: list[Any], schema: pa.Schema) -> list[Any]:
     return typed
 
 
-def _staleness(value: str | float | None, cache_control: str | None) -> float | None:
-    """Seconds from the body's ``max_staleness``, else from ``Cache-Control`` (max-age, no-cache)."""
-    if value is not None:
+def _staleness(value: str | float | None, cache_control: str | None, header: str | None = None) -> float | None:
+    """Seconds from the body's ``max_staleness``, else the ``X-Meshgate-Max-Staleness`` header
+    (``gateway.cache.MAX_STALENESS_HEADER``), else ``Cache-Control`` (max-age, no-cache)."""
+    for given, field in ((value, "max_staleness"), (header, MAX_STALENESS_HEADER)):
+        if given is None:
+            continue
         try:
-            seconds = parse_duration(value)
+            seconds = parse_duration(given)
         except ValueError as err:
-            raise ApiError(422, "invalid request", f"max_staleness: {err}", "max_staleness") from None
+            raise ApiError(422, "invalid request", f"{field}: {err}", field) from None
         if seconds is not None and seconds < 0:
-            raise ApiError(422, "invalid request", "max_staleness: must not be negative", "max_staleness")
+            raise ApiError(422, "invalid request", f"{field}: must not be negative", field)
         return seconds
     for directive in (cache_control or "").lower().split(","):
         key, _, argument = directive.strip().partition("=")
