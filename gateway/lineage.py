@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import sqlglot
@@ -317,3 +319,45 @@ def _cycle_through(start: str, reads: dict[str, set[str]]) -> list[str] | None:
                 seen.add(nxt)
                 stack.append((nxt, [*path, nxt]))
     return None
+
+
+# --- impact ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Impact:
+    """Who a breaking change to one product version would hit."""
+
+    product: str  # node id
+    downstream: list[Node]  # nearest first
+    consumers: list[tuple[str, int, str, list[str]]]  # (principal, queries, last queried ISO, products it read)
+    days: int
+
+
+def impact(catalog: Catalog, product: str, audit_log: Path, days: int = 30) -> Impact:
+    """The products downstream of ``product`` (transitively) and the principals that queried it
+    or any of them in the last ``days`` days, from the audit log at ``audit_log`` (most recent
+    first).  A product not registered yet has no downstream and no consumers."""
+    from gateway.usage import usage_index
+
+    graph = LineageGraph(catalog)
+    try:
+        start = graph.node_id(product)
+    except NotFound:
+        return Impact(product, [], [], days)
+    downstream = graph.downstream_of(start)
+    since = datetime.now(timezone.utc) - timedelta(days=days)
+    index = usage_index(audit_log)
+    found: dict[str, tuple[int, datetime, list[str]]] = {}
+    for node_id in [start, *downstream]:
+        product_id = graph.nodes[node_id].product_id
+        if not product_id:
+            continue
+        for consumer in index.usage(product_id, since=since).recent_consumers:
+            queries, last, via = found.get(consumer.name, (0, consumer.last_queried, []))
+            found[consumer.name] = (queries + consumer.queries, max(last, consumer.last_queried), [*via, product_id])
+    consumers = sorted(
+        ((name, queries, last.strftime("%Y-%m-%d %H:%M UTC"), via) for name, (queries, last, via) in found.items()),
+        key=lambda c: c[2], reverse=True,
+    )
+    return Impact(start, [graph.nodes[n] for n in downstream], consumers, days)

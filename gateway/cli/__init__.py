@@ -15,14 +15,14 @@ import argparse
 from typing import Sequence
 
 from gateway import __version__
-from gateway.cli import catalog, policy, product, query, serve, sla, top, user
+from gateway.cli import catalog, lineage, policy, product, query, serve, sla, top, user
 from gateway.cli.common import load_descriptors, print_descriptor_errors, stderr
 from gateway.errors import InvalidDescriptor, MeshError
 from policies.loader import PolicyError
 
 __all__ = ["build_parser", "load_descriptors", "main"]
 
-COMMAND_GROUPS = (serve, query, top, product, catalog, policy, user, sla)
+COMMAND_GROUPS = (serve, query, top, product, catalog, lineage, policy, user, sla)
 """The modules whose ``add_commands`` make up the command line, in ``--help`` order."""
 
 
