@@ -10,6 +10,7 @@ authenticator, and every governed answer is compared with the same query over AD
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from typing import Any, Iterator
 
@@ -406,3 +407,33 @@ def test_openapi_describes_the_routes_with_models(api: Api) -> None:
         assert "406" in operation["responses"] and "403" in operation["responses"]
     assert paths["/api/v1/auth/token"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Token")
     assert api.call("/api/docs", user=None).status == 200
+
+
+def test_a_failure_mid_stream_cuts_the_answer_short(live_mesh: LiveMesh, tmp_path) -> None:  # noqa: ANN001
+    """Past the query timeout, with rows already sent: the response ends without its final chunk,
+    so the client fails instead of taking a partial answer for a whole one; the audit says why."""
+    from gateway.service import Settings
+    from tests.rest_api import start_api
+
+    api = start_api(live_mesh.registry, tmp_path, settings=Settings(query_timeout=1.5, cache_bytes=0))
+    sql = "SELECT o.order_id, i.line_no FROM orders.orders o CROSS JOIN orders.order_items i"
+    try:
+        request = urllib.request.Request(api.url + QUERY, data=json.dumps({"sql": sql}).encode(), method="POST")
+        for name, value in (("Authorization", basic("carol")), ("Accept", ARROW), ("Content-Type", "application/json")):
+            request.add_header(name, value)
+        rows = 0
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200
+            reader = pa.ipc.open_stream(response)
+            rows += reader.read_next_batch().num_rows
+            time.sleep(2.5)
+            with pytest.raises(Exception) as failure:
+                for batch in reader:
+                    rows += batch.num_rows
+        assert not isinstance(failure.value, StopIteration)
+        api.service.audit.flush()
+        (record,) = [q for q in read_queries(api.service.audit.path) if q.get("query") == sql]
+        assert record["status"] == "error" and any(w in record["error"].lower() for w in ("timeout", "deadline", "timed out"))
+        assert record["rows"] >= rows
+    finally:
+        api.close()

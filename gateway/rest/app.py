@@ -45,6 +45,8 @@ _STATUS = {
     "UNAUTHENTICATED": 401,
     "PERMISSION_DENIED": 403,
     "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 409,
     "UNIMPLEMENTED": 501,
     "UNAVAILABLE": 503,
     "RESOURCE_EXHAUSTED": 503,
@@ -155,7 +157,8 @@ def create_app(service: Any, users: Authenticator | UsersFile | Path | str | Non
         status = _STATUS.get(err.status, 500)
         if status == 500:
             log.error("REST call failed: %s", err.message)
-        return ApiError(status, err.status.lower().replace("_", " "), err.message).response()
+        name = "conflict" if status == 409 else err.status.lower().replace("_", " ")
+        return ApiError(status, name, err.message).response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
