@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -136,8 +136,10 @@ class QueryEntry:
     def _copy(self) -> QueryEntry:
         """A snapshot that later updates of the live entry do not change (a running one's
         duration is its elapsed time at the snapshot)."""
-        copy = replace(self, fragments=[(s, _truncate(q, MAX_FRAGMENT_SQL_CHARS) or "") for s, q in list(self.fragments)])
-        if copy.status == "running":
+        copy = object.__new__(QueryEntry)
+        copy.__dict__.update(self.__dict__)
+        if copy.status == "running":  # the engine may still append fragments; the SQL may be long
+            copy.fragments = [(s, _truncate(q, MAX_FRAGMENT_SQL_CHARS) or "") for s, q in list(self.fragments)]
             copy.duration_ms = self.elapsed_ms()
         return copy
 
@@ -232,16 +234,15 @@ class QueryHistory:
         product id read, ``since`` started at or after."""
         self._restore()
         with self._lock:
-            found = [*self._done, *self._running.values()]
             found = [
-                e._copy() for e in found
+                e for e in (*self._done, *self._running.values())
                 if (principal is None or e.principal == principal)
                 and (not statuses or e.status in statuses)
                 and (product is None or e.reads(product))
                 and (since is None or e.started >= since)
             ]
-        found.sort(key=lambda e: e.started, reverse=True)
-        return found if limit is None else found[:limit]
+            found.sort(key=lambda e: e.started, reverse=True)
+            return [e._copy() for e in (found if limit is None else found[:limit])]
 
     def _restore(self) -> None:
         """Load the audit log's recent queries, once, behind the ones this process recorded."""
