@@ -97,8 +97,9 @@ class QueryEntry:
     duration_ms: float | None = None
     rows: int | None = None
     bytes: int | None = None
-    cache: str | None = None  # hit | miss | bypass; None until known (or refused before running)
+    cache: str | None = None  # hit | stale | miss | bypass; None until known (or refused before running)
     cache_age_seconds: float | None = None
+    fragment_cache: dict[str, str] = field(default_factory=dict)  # fragment name -> its fragment-cache status
     fragments: list[tuple[str, str]] = field(default_factory=list)  # (source, SQL); grows while running
     error: str | None = None
     _monotonic: float = field(default_factory=time.monotonic, repr=False)
@@ -128,7 +129,8 @@ class QueryEntry:
             "duration_ms": self.elapsed_ms(),
             "rows": self.rows,
             "bytes": self.bytes,
-            "cache": None if self.cache is None else {"status": self.cache, "age_seconds": self.cache_age_seconds},
+            "cache": None if self.cache is None else {"status": self.cache, "age_seconds": self.cache_age_seconds,
+                                                      "fragments": dict(self.fragment_cache)},
             "fragments": [{"source": source, "sql": sql} for source, sql in self.fragments],
             "error": self.error,
         }
@@ -192,10 +194,12 @@ class QueryHistory:
                 self._running.pop(next(iter(self._running)))
         return entry
 
-    def cached(self, entry: QueryEntry, status: str, age_seconds: float) -> None:
-        """The query's cache outcome (``hit``, ``miss`` or ``bypass``) and the answer's age."""
+    def cached(self, entry: QueryEntry, status: str, age_seconds: float, fragments: dict[str, str] | None = None) -> None:
+        """The query's result-cache outcome (``hit``, ``stale``, ``miss`` or ``bypass``), the
+        answer's age and, for a federated query, each fragment's fragment-cache outcome."""
         with self._lock:
             entry.cache, entry.cache_age_seconds = status, round(age_seconds, 3)
+            entry.fragment_cache = dict(fragments or {})
 
     def finish(self, entry: QueryEntry, status: str, rows: int | None = None, bytes_out: int | None = None,
                error: str | None = None) -> None:
@@ -296,6 +300,8 @@ def _from_audit(record: dict[str, Any], live: bool) -> QueryEntry:
         bytes=record.get("bytes"),
         cache=record.get("cache") if isinstance(record.get("cache"), str) else None,
         cache_age_seconds=record.get("age_seconds"),
+        fragment_cache={str(k): str(v) for k, v in (record.get("fragment_cache") or {}).items()}
+        if isinstance(record.get("fragment_cache"), dict) else {},
         fragments=[(str(f.get("source")), _truncate(str(f.get("sql")), MAX_FRAGMENT_SQL_CHARS) or "")
                    for f in record.get("fragments") or () if isinstance(f, dict)],
         error=_truncate(error, MAX_SQL_CHARS),
@@ -321,8 +327,9 @@ COLUMNS = [
     ("duration_ms", "double", "Milliseconds it took, or has been running so far"),
     ("rows", "int64", "Rows returned"),
     ("bytes", "int64", "Bytes returned (Arrow)"),
-    ("cache", "string", "Result cache: hit, miss or bypass"),
-    ("cache_age_seconds", "double", "Age of the answer when served"),
+    ("cache", "string", "Result cache: hit, stale, miss or bypass"),
+    ("cache_age_seconds", "double", "Age of the answer's oldest data when served"),
+    ("fragment_cache", "string", "Fragment cache per fragment of a federated query: f0=hit,f1=miss"),
     ("fragments", "string", "JSON list of {source, sql}: the SQL sent to each source"),
     ("error", "string", "Why it failed or was refused"),
 ]
@@ -344,6 +351,8 @@ def to_table(entries: Sequence[QueryEntry]) -> pa.Table:
         "bytes": pa.array([e.bytes for e in entries], pa.int64()),
         "cache": pa.array([e.cache for e in entries], pa.string()),
         "cache_age_seconds": pa.array([e.cache_age_seconds for e in entries], pa.float64()),
+        "fragment_cache": pa.array([",".join(f"{k}={v}" for k, v in e.fragment_cache.items()) or None for e in entries],
+                                   pa.string()),
         "fragments": pa.array([json.dumps([{"source": s, "sql": q} for s, q in e.fragments]) for e in entries], pa.string()),
         "error": pa.array([e.error for e in entries], pa.string()),
     })

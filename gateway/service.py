@@ -200,7 +200,7 @@ class GatewayService:
         if uses.results:
             cache["fragment_cache"] = uses.statuses()
         record = self.audit.begin(principal, sql, fragments=control.sent, extra=cache, record_id=entry.id, **audit)
-        self.history.cached(entry, result.status, result.age_seconds)
+        self.history.cached(entry, result.status, result.age_seconds, uses.statuses() if uses.results else None)
         metadata = {
             b"meshgate.cache": result.status.encode(),
             b"meshgate.age_seconds": f"{result.age_seconds:.3f}".encode(),

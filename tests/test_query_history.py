@@ -135,7 +135,15 @@ def test_a_query_is_running_until_its_stream_ends_then_ok_with_rows_bytes_cache_
     hit = mine(service.history.entries(principal="alice"), tag)[0]
     assert hit.cache == "hit" and hit.cache_age_seconds is not None and hit.fragments == [] and hit.status == "ok"
     as_json = hit.as_dict()
-    assert as_json["cache"] == {"status": "hit", "age_seconds": hit.cache_age_seconds} and as_json["id"] == hit.id
+    assert as_json["cache"] == {"status": "hit", "age_seconds": hit.cache_age_seconds, "fragments": {}}
+    assert as_json["id"] == hit.id
+
+    federated = (f"SELECT o.status, count(*) AS n, '{tag}-f' AS t FROM orders.orders o "
+                 "JOIN shipping.shipments s ON s.order_id = o.order_id GROUP BY o.status")
+    service.execute(federated, ALICE).read_all()
+    [joined] = mine(service.history.entries(principal="alice"), f"{tag}-f")
+    assert joined.cache == "miss" and len(joined.fragment_cache) == 2 and set(joined.fragment_cache.values()) == {"miss"}
+    assert joined.as_dict()["cache"]["fragments"] == joined.fragment_cache
 
 
 def test_refused_failed_and_cancelled_queries_are_recorded(gateway: Gateway) -> None:

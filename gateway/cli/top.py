@@ -243,7 +243,8 @@ def _products_table(queries: list[dict[str, Any]], window: float) -> Table:
 
 def product_stats(queries: list[dict[str, Any]], window: float) -> dict[str, dict[str, Any]]:
     """Per product read (``domain.product``): finished queries, rate per second over ``window``,
-    median duration, cache hit ratio (hits among hits and misses; None when none was cacheable)
+    median duration, cache hit ratio (answers from the cache, stale ones included, among those
+    and misses; None when none was cacheable)
     and errors, busiest product first."""
     grouped: dict[str, list[dict[str, Any]]] = {}
     for q in queries:
@@ -253,12 +254,12 @@ def product_stats(queries: list[dict[str, Any]], window: float) -> dict[str, dic
     for pid, group in grouped.items():
         durations = [q["duration_ms"] for q in group if q.get("status") == "ok" and q.get("duration_ms") is not None]
         caches = [(q.get("cache") or {}).get("status") for q in group]
-        cacheable = [c for c in caches if c in ("hit", "miss")]
+        cacheable = [c for c in caches if c in ("hit", "stale", "miss")]
         stats[pid] = {
             "queries": len(group),
             "rate": len(group) / window,
             "p50_ms": statistics.median(durations) if durations else None,
-            "cache_hit_ratio": cacheable.count("hit") / len(cacheable) if cacheable else None,
+            "cache_hit_ratio": (len(cacheable) - cacheable.count("miss")) / len(cacheable) if cacheable else None,
             "errors": sum(q.get("status") in ("error", "cancelled") for q in group),
         }
     return dict(sorted(stats.items(), key=lambda item: (-item[1]["queries"], item[0])))
