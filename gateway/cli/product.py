@@ -236,8 +236,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     finally:
         sources.close()
     for result in results:
-        style = "green" if result.passed else "red" if result.severity == "error" else "yellow"
-        word = "pass" if result.passed else "FAIL" if result.severity == "error" else "warn"
+        style = "green" if result.passed else "red" if result.blocks else "yellow"
+        word = "pass" if result.passed else "skip" if result.skipped else "FAIL" if result.blocks else "warn"
         stdout.print(f"  [{style}]{word}[/{style}]  {escape(result.describe())}", highlight=False)
     failed = [r for r in results if r.blocks]
     stdout.print(f"{label}: {len(results) - len(failed)} of {len(results)} rule(s) without a blocking failure", highlight=False)
