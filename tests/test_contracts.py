@@ -182,3 +182,25 @@ def test_a_clean_source_passes_every_contract_rule(tmp_path: Path) -> None:
     conn.close()
     got = _gate_results(descriptor_doc("duckdb", "o.duckdb"), tmp_path)
     assert all(failing == 0 and not blocks for failing, blocks, _ in got.values()), got
+
+
+def test_product_check_reports_a_pattern_on_sqlite_as_skipped_not_failed(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    conn = sqlite3.connect(tmp_path / "o.sqlite")
+    conn.execute("CREATE TABLE orders (id INTEGER, email TEXT)")
+    conn.execute("INSERT INTO orders VALUES (1, 'not an email')")
+    conn.commit()
+    conn.close()
+    doc = descriptor_doc("sqlite", "o.sqlite", [{"name": "id", "type": "int64"}, {"name": "email", "type": "string", "pattern": "@"}])
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "MESHGATE_HOME": str(tmp_path), "COLUMNS": "200"}
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "product", "check", "o.yaml"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skip  email.pattern (error): not checked: not checkable on sqlite" in result.stdout
+    assert "1 of 1 rule(s) without a blocking failure" in result.stdout
