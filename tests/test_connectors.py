@@ -215,7 +215,7 @@ def test_capability_table() -> None:
     assert PostgresConnector.capabilities == Capabilities(joins=True, aggregates=True, full_sql=True, max_in_list=100_000)
     assert FlightSQLConnector.capabilities == everything
     assert SQLiteConnector.capabilities == Capabilities(
-        joins=True, aggregates=False, full_sql=False, portable_filters_only=True, max_in_list=50_000
+        joins=True, aggregates=False, full_sql=False, portable_filters_only=True, regex=False, max_in_list=50_000
     )
     dialects = {kind: connector_class(kind).dialect for kind in known_kinds()}
     assert dialects == {
