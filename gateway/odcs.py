@@ -333,10 +333,10 @@ def resolve_contract_ref(doc: dict[str, Any], base_dir: Path | None) -> tuple[di
     ref = doc["spec"]["contract_ref"]
     file, _, object_name = ref.partition("#")
     where = f"spec.contract_ref: {file}"
-    if base_dir is None and not Path(file).is_absolute():
-        return doc, _identity, [f"{where}: a relative contract_ref needs the descriptor's folder; register the "
-                                "descriptor file, or give the schema inline"]
-    path = Path(file) if Path(file).is_absolute() else (base_dir or Path.cwd()) / file
+    if base_dir is None:  # a document without a file (a REST body): it must not make the gateway read host files
+        return doc, _identity, [f"{where}: a contract_ref is resolved against the descriptor file's folder; register "
+                                "the descriptor file with the CLI, or give the schema inline"]
+    path = base_dir / file
     try:
         contract = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as err:
