@@ -332,6 +332,12 @@ def _demo_banner(port: int, mesh, accounts) -> str:  # noqa: ANN001
     from gateway.demo_users import DEMO_USERS
 
     examples = "\n\n".join(f"-- {title}\n{sql}" for title, sql in mesh.example_queries)
+    derived = "".join(
+        f"\n-- A derived product (a view over other products, governed for whoever queries it)\n"
+        f"SELECT * FROM {product} LIMIT 10\n"
+        f"-- its lineage: meshgate lineage {product} --registry {mesh.products_dir.parent / 'registry.db'} --output lineage.png\n"
+        for product in mesh.derived_products
+    )
     users = "\n".join(
         f"  {u.name:<6} password {accounts.passwords[u.name]}  role {', '.join(u.roles):<8} "
         f"{', '.join(f'{k}={str(v).lower() if isinstance(v, bool) else v}' for k, v in u.attributes.items())}  ({u.note})"
@@ -354,6 +360,6 @@ Connect as alice:
 Example cross-domain queries:
 
 {examples}
-
+{derived}
 Press Ctrl-C to stop."""
 
