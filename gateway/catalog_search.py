@@ -26,7 +26,6 @@ could not query it.
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
 import re
 import threading
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from gateway.descriptor import Descriptor
@@ -194,38 +194,62 @@ class SearchResults:
 @dataclass
 class _Entry:
     descriptor: Descriptor
-    tags: frozenset[str]
-    owner: str
-    owner_local: str
     versions: tuple[str, ...]
-    name_words: frozenset[str]  # stemmed
 
 
 class _Index:
-    """Postings over one catalog snapshot: stemmed word -> [(entry, field, value)]."""
+    """One catalog snapshot, indexed: per stemmed word, the entries it occurs in (numpy arrays,
+    so scoring a term over thousands of entries is a few vector operations) and, for explaining
+    a hit, where in each entry it occurs."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.generation = catalog.generation
         self.entries: list[_Entry] = []
         self.by_name: dict[str, list[int]] = {}  # name and product id -> entries
-        postings: dict[str, dict[tuple[int, str, str], None]] = {}
+        by_domain: dict[str, list[int]] = {}
+        by_tag: dict[str, list[int]] = {}
+        by_owner: dict[str, list[int]] = {}
+        name_lengths: list[int] = []
+        detail: dict[str, dict[int, list[tuple[str, str]]]] = {}
+        stems: dict[str, str] = {}
         for i, d in enumerate(catalog.products()):
-            owner = d.owner.lower()
-            self.entries.append(_Entry(d, frozenset(t.lower() for t in d.tags), owner, owner.split("@")[0],
-                                       tuple(m.version for m in catalog.majors(d.product_id)),
-                                       frozenset(stem(w) for w in words(d.name))))
+            self.entries.append(_Entry(d, tuple(m.version for m in catalog.majors(d.product_id))))
             self.by_name.setdefault(d.name, []).append(i)
             self.by_name.setdefault(d.product_id, []).append(i)
+            by_domain.setdefault(d.domain, []).append(i)
+            for tag in {t.lower() for t in d.tags}:
+                by_tag.setdefault(tag, []).append(i)
+            owner = d.owner.lower()
+            for key in {owner, owner.split("@")[0]}:
+                by_owner.setdefault(key, []).append(i)
+            name_lengths.append(len({stem(w) for w in words(d.name)}))
             for field_name, text, value in _fields(d):
                 for word in words(text):
-                    postings.setdefault(stem(word), {})[(i, field_name, value)] = None
-        self.postings: dict[str, tuple[tuple[int, str, str], ...]] = {w: tuple(p) for w, p in postings.items()}
-        self.vocabulary = sorted(self.postings)
-        self.domains = frozenset(e.descriptor.domain for e in self.entries)
+                    root = stems.get(word)
+                    if root is None:
+                        root = stems[word] = stem(word)
+                    places = detail.setdefault(root, {}).setdefault(i, [])
+                    if (field_name, value) not in places:
+                        places.append((field_name, value))
+        self.size = len(self.entries)
+        self.detail = detail
+        self.docs: dict[str, np.ndarray] = {}
+        self.weights: dict[str, np.ndarray] = {}
+        self.in_name: dict[str, np.ndarray] = {}
+        for root, places in detail.items():
+            self.docs[root] = np.fromiter(places, np.int32, len(places))
+            self.weights[root] = np.fromiter(
+                (sum(FIELD_WEIGHTS[f] for f in {f for f, _ in fields}) for fields in places.values()), np.float64, len(places))
+            self.in_name[root] = np.fromiter((any(f == "name" for f, _ in fields) for fields in places.values()), bool, len(places))
+        self.vocabulary = sorted(detail)
+        self.name_lengths = np.array(name_lengths, np.int32)
+        self.by_domain = {k: np.array(v, np.int32) for k, v in by_domain.items()}
+        self.by_tag = {k: np.array(v, np.int32) for k, v in by_tag.items()}
+        self.by_owner = {k: np.array(v, np.int32) for k, v in by_owner.items()}
 
     def expand(self, term: str) -> list[tuple[str, bool]]:
         """Index words a query term matches: itself, and words it is a prefix of (3+ letters)."""
-        found = [(term, False)] if term in self.postings else []
+        found = [(term, False)] if term in self.detail else []
         if len(term) >= 3:
             start = bisect.bisect_left(self.vocabulary, term)
             for word in self.vocabulary[start:start + MAX_PREFIX_EXPANSIONS + 1]:
@@ -234,6 +258,15 @@ class _Index:
                 if word != term:
                     found.append((word, True))
         return found
+
+    def any_of(self, groups: Mapping[str, np.ndarray], keys: Iterable[str]) -> np.ndarray:
+        """A mask of the entries in any of the ``keys`` groups."""
+        mask = np.zeros(self.size, bool)
+        for key in keys:
+            found = groups.get(key)
+            if found is not None:
+                mask[found] = True
+        return mask
 
 
 def _fields(d: Descriptor) -> Iterable[tuple[str, str, str]]:
@@ -256,16 +289,15 @@ def _fields(d: Descriptor) -> Iterable[tuple[str, str, str]]:
 
 @dataclass
 class _Signals:
-    """Per-entry usage and health, as boosts; rebuilt when usage or health changes."""
+    """Per-entry usage and health, and the boost they give; rebuilt when usage or health changes."""
 
     key: Hashable
-    queries: list[int]
-    consumers: list[int]
-    last: list[float | None]
-    popularity: list[float]
+    queries: np.ndarray
+    consumers: np.ndarray
+    last: np.ndarray  # epoch seconds, NaN: never queried
+    popularity: np.ndarray
     health: list[Health]
-    boost: list[float]
-    taken_at: float = field(default_factory=time.monotonic)
+    boost: np.ndarray
 
 
 UNKNOWN_HEALTH = Health()
@@ -301,7 +333,7 @@ class CatalogSearch:
         self._health_at = float("-inf")
         self._health_map: Mapping[str, Health] = {}
         self._health_version = 0
-        self._visible: dict[Hashable, list[bool]] = {}
+        self._visible: dict[Hashable, np.ndarray] = {}
 
     # --- snapshots ---------------------------------------------------------------------------------
 
@@ -324,37 +356,35 @@ class CatalogSearch:
             if health != self._health_map:
                 self._health_map, self._health_version = health, self._health_version + 1
             self._health_at = now
-        counts = self._usage.activity() if self._usage is not None else {}
+        if self._usage is not None:
+            self._usage.refresh(block=False)
         key = (index.generation, self._usage.generation if self._usage is not None else 0, self._health_version)
         signals = self._signals
         if signals is not None and signals.key == key:
             return signals
-        entries = index.entries
-        used = [counts.get(e.descriptor.product_id, (0, 0, None)) for e in entries]
-        raw = [math.log1p(q) + 2 * math.log1p(c) for q, c, _ in used]
-        top = max(raw, default=0.0) or 1.0
-        health = [self._health_map.get(e.descriptor.product_id, UNKNOWN_HEALTH) for e in entries]
+        activity = self._usage.activity() if self._usage is not None else {}
+        used = [activity.get(e.descriptor.product_id, (0, 0, math.nan)) for e in index.entries]
+        queries = np.array([q for q, _, _ in used], np.int64)
+        consumers = np.array([c for _, c, _ in used], np.int64)
+        raw = np.log1p(queries) + 2 * np.log1p(consumers)
+        top = float(raw.max()) if raw.size and raw.max() > 0 else 1.0
+        health = [self._health_map.get(e.descriptor.product_id, UNKNOWN_HEALTH) for e in index.entries]
         signals = _Signals(
-            key,
-            [q for q, _, _ in used],
-            [c for _, c, _ in used],
-            [last for _, _, last in used],
-            [round(10 * r / top, 1) for r in raw],
-            health,
-            [(1 + 0.5 * r / top) * health_boost(h) for r, h in zip(raw, health)],
+            key, queries, consumers, np.array([t for _, _, t in used], np.float64), np.round(10 * raw / top, 1), health,
+            (1 + 0.5 * raw / top) * np.array([health_boost(h) for h in health], np.float64),
         )
         self._signals = signals
         return signals
 
-    def visible(self, index: _Index, key: Hashable | None, may_read: Callable[[Descriptor], bool]) -> list[bool]:
+    def visible(self, index: _Index, key: Hashable | None, may_read: Callable[[Descriptor], bool]) -> np.ndarray:
         """Which entries the principal may read, memoized per principal (``key``) and snapshot."""
         if key is None:
-            return [may_read(e.descriptor) for e in index.entries]
+            return np.fromiter((may_read(e.descriptor) for e in index.entries), bool, index.size)
         found = self._visible.get(key)
         if found is None:
-            found = [may_read(e.descriptor) for e in index.entries]
+            found = np.fromiter((may_read(e.descriptor) for e in index.entries), bool, index.size)
             if len(self._visible) >= 256:
-                self._visible.pop(next(iter(self._visible)))
+                self._visible.pop(next(iter(self._visible)), None)
             self._visible[key] = found
         return found
 
@@ -379,84 +409,72 @@ class CatalogSearch:
         started = time.perf_counter()
         index = self.index()
         signals = self.signals(index)
-        visible = self.visible(index, None if visibility_key is None else (visibility_key, index.generation), may_read)
-        wanted_domains = {d.lower() for d in domains}
-        wanted_tags = {t.lower() for t in tags}
-        wanted_owners = {o.lower() for o in owners}
-
-        def passes(i: int) -> bool:
-            if not visible[i]:
-                return False
-            e = index.entries[i]
-            return ((not wanted_domains or e.descriptor.domain in wanted_domains)
-                    and wanted_tags <= e.tags
-                    and (not wanted_owners or e.owner in wanted_owners or e.owner_local in wanted_owners))
+        mask = self.visible(index, None if visibility_key is None else (visibility_key, index.generation), may_read).copy()
+        domains, tags, owners = [d.lower() for d in domains], [t.lower() for t in tags], [o.lower() for o in owners]
+        if domains:
+            mask &= index.any_of(index.by_domain, domains)
+        for tag in tags:
+            mask &= index.any_of(index.by_tag, [tag])
+        if owners:
+            mask &= index.any_of(index.by_owner, owners)
 
         typed = list(dict.fromkeys(words(text)))  # query terms as typed, once each
         terms = list(dict.fromkeys(stem(t) for t in typed))
         typed_of = {stem(t): t for t in typed}
         exact_key = _as_name(text)
-        exact = set(index.by_name.get(exact_key, ())) if exact_key else set()
-        if not terms:
-            candidates = {i: 0.0 for i in range(len(index.entries)) if passes(i)}
-            scores = {i: signals.boost[i] for i in candidates}
-            matched: dict[int, dict[str, dict[tuple[str, str], bool]]] = {}
+        exact = index.any_of(index.by_name, [exact_key] if exact_key else []) & mask
+        if terms:
+            scores, found = self._text_scores(index, terms, mask)
+            scores *= signals.boost
         else:
-            scores, matched = self._text_scores(index, terms, passes)
-            scores = {i: s * signals.boost[i] for i, s in scores.items()}
-        for i in exact:
-            if passes(i):
-                scores.setdefault(i, signals.boost[i])
-        best = heapq.nsmallest(max(limit, 0), scores, key=lambda i: (i not in exact, -scores[i], index.entries[i].descriptor.product_id))
-        hits = tuple(self._hit(index, signals, i, scores[i], i in exact, matched.get(i, {}), typed_of, exact_key) for i in best)
-        return SearchResults(text, hits, len(scores), (time.perf_counter() - started) * 1000)
+            found, scores = mask, signals.boost.copy()
+        found = found | exact
+        candidates = np.flatnonzero(found)
+        rank = scores[candidates] + np.where(exact[candidates], 1e12, 0.0)  # exact names first
+        if limit < len(candidates):
+            keep = np.argpartition(-rank, max(limit - 1, 0))[:max(limit, 0)]
+            candidates, rank = candidates[keep], rank[keep]
+        order = np.lexsort((candidates, -rank))  # best first; ties by product id (the entries' order)
+        hits = tuple(self._hit(index, signals, int(i), float(scores[i]), bool(exact[i]), terms, typed_of, exact_key)
+                     for i in candidates[order][:max(limit, 0)])
+        return SearchResults(text, hits, int(found.sum()), (time.perf_counter() - started) * 1000)
 
     @staticmethod
-    def _text_scores(index: _Index, terms: list[str], passes: Callable[[int], bool]
-                     ) -> tuple[dict[int, float], dict[int, dict[str, dict[tuple[str, str], bool]]]]:
-        """Relevance per entry, and per entry term -> {(field, value): prefix-only}."""
-        n = max(len(index.entries), 1)
-        relevance: dict[int, float] = {}
-        matched: dict[int, dict[str, dict[tuple[str, str], bool]]] = {}
-        allowed: dict[int, bool] = {}
+    def _text_scores(index: _Index, terms: list[str], mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(score, matched) per entry: each term's best-matching word weighed by the fields it
+        occurs in and by its rarity, times the squared share of terms matched, times
+        NAME_COVERED where the name is made of query terms only."""
+        relevance = np.zeros(index.size)
+        matched = np.zeros(index.size, np.int32)
+        name_hits = np.zeros(index.size, np.int32)
         for term in terms:
-            per_entry: dict[int, dict[tuple[str, str], bool]] = {}
+            best = np.zeros(index.size)
             for word, prefix in index.expand(term):
-                for i, field_name, value in index.postings[word]:
-                    ok = allowed.get(i)
-                    if ok is None:
-                        ok = allowed[i] = passes(i)
-                    if not ok:
-                        continue
-                    fields = per_entry.setdefault(i, {})
-                    key = (field_name, value)
-                    fields[key] = fields.get(key, True) and prefix
-            if not per_entry:
-                continue
-            idf = math.log(1 + n / len(per_entry))
-            for i, fields in per_entry.items():
-                best: dict[str, float] = {}
-                for (field_name, _), prefix in fields.items():
-                    quality = PREFIX_QUALITY if prefix else 1.0
-                    if quality > best.get(field_name, 0.0):
-                        best[field_name] = quality
-                relevance[i] = relevance.get(i, 0.0) + idf * sum(FIELD_WEIGHTS[f] * q for f, q in best.items())
-                matched.setdefault(i, {})[term] = fields
-        wanted = set(terms)
-        scores = {i: r * (len(matched[i]) / len(terms)) ** 2 * (NAME_COVERED if index.entries[i].name_words <= wanted else 1.0)
-                  for i, r in relevance.items()}
-        return scores, matched
+                docs = index.docs[word]
+                best[docs] = np.maximum(best[docs], index.weights[word] * (PREFIX_QUALITY if prefix else 1.0))
+                if not prefix:
+                    name_hits[docs[index.in_name[word]]] += 1
+            hit = (best > 0) & mask
+            df = int(hit.sum())
+            if df:
+                relevance += np.where(hit, best, 0.0) * math.log(1 + index.size / df)
+                matched += hit
+        covered = np.where((name_hits >= index.name_lengths) & (index.name_lengths > 0), NAME_COVERED, 1.0)
+        return relevance * (matched / len(terms)) ** 2 * covered, matched > 0
 
     @staticmethod
-    def _hit(index: _Index, signals: _Signals, i: int, score: float, exact: bool,
-             matched: dict[str, dict[tuple[str, str], bool]], typed_of: dict[str, str], exact_key: str) -> Hit:
+    def _hit(index: _Index, signals: _Signals, i: int, score: float, exact: bool, terms: list[str],
+             typed_of: dict[str, str], exact_key: str) -> Hit:
         entry = index.entries[i]
         by_field: dict[tuple[str, str], tuple[list[str], bool]] = {}
-        for term, fields in matched.items():
-            for key, prefix in fields.items():
-                terms, was_prefix = by_field.get(key, ([], True))
-                terms.append(typed_of.get(term, term))
-                by_field[key] = (terms, was_prefix and prefix)
+        for term in terms:
+            for word, prefix in index.expand(term):
+                for key in index.detail[word].get(i, ()):
+                    matched_terms, only_prefix = by_field.get(key, ([], True))
+                    shown = typed_of.get(term, term)
+                    if shown not in matched_terms:
+                        matched_terms.append(shown)
+                    by_field[key] = (matched_terms, only_prefix and prefix)
         order = list(FIELD_WEIGHTS)
         matches = tuple(sorted((Match(f, v, tuple(t), p) for (f, v), (t, p) in by_field.items()),
                                key=lambda m: (order.index(m.field), m.prefix, m.value)))
@@ -464,10 +482,10 @@ class CatalogSearch:
         if exact:
             why.append("exact product id match" if exact_key == entry.descriptor.product_id else "exact name match")
         why += [m.reason() for m in matches]
-        queries, consumers = signals.queries[i], signals.consumers[i]
+        queries, consumers, popularity = int(signals.queries[i]), int(signals.consumers[i]), float(signals.popularity[i])
         if queries:
             why.append(f"used: {queries} quer{'y' if queries == 1 else 'ies'} by {consumers} consumer{'' if consumers == 1 else 's'}"
-                       f" (popularity {signals.popularity[i]})")
+                       f" (popularity {popularity})")
         health = signals.health[i]
         if health.sla_met is False:
             why.append("ranked lower: SLA not met" + (f" ({'; '.join(health.sla_breaches)})" if health.sla_breaches else ""))
@@ -475,10 +493,9 @@ class CatalogSearch:
             why.append(f"quality score {health.quality_score:.2f}" + (" (ranked lower)" if health.quality_score < 0.9 else ""))
         if health.status == "deprecated":
             why.append("ranked lower: deprecated")
-        last = signals.last[i]
+        last = float(signals.last[i])
         return Hit(entry.descriptor, score, exact, matches, tuple(why), queries, consumers,
-                   datetime.fromtimestamp(last, timezone.utc) if last is not None else None,
-                   signals.popularity[i], health, entry.versions)
+                   None if math.isnan(last) else datetime.fromtimestamp(last, timezone.utc), popularity, health, entry.versions)
 
 
 def _as_name(text: str) -> str:
@@ -580,7 +597,7 @@ def catalog_rows(scope: SystemScope) -> pa.Table:
     entries = [index.entries[i].descriptor for i in rows]
     slas = [d.raw.get("spec", {}).get("sla") or {} for d in entries]
     health = [signals.health[i] for i in rows]
-    last = [signals.last[i] for i in rows]
+    last = signals.last[rows]
     return pa.table({
         "product_id": [d.product_id for d in entries],
         "domain": [d.domain for d in entries],
@@ -596,8 +613,9 @@ def catalog_rows(scope: SystemScope) -> pa.Table:
         "sla_met": pa.array([h.sla_met for h in health], pa.bool_()),
         "sla_freshness": pa.array([sla.get("freshness") for sla in slas], pa.string()),
         "sla_availability": pa.array([sla.get("availability") for sla in slas], pa.float64()),
-        "consumers": pa.array([signals.consumers[i] for i in rows], pa.int64()),
-        "queries": pa.array([signals.queries[i] for i in rows], pa.int64()),
-        "last_queried": pa.array([int(t * 1_000_000) if t is not None else None for t in last], pa.timestamp("us", tz="UTC")),
-        "popularity": pa.array([signals.popularity[i] for i in rows], pa.float64()),
+        "consumers": pa.array(signals.consumers[rows], pa.int64()),
+        "queries": pa.array(signals.queries[rows], pa.int64()),
+        "last_queried": pa.array(np.where(np.isnan(last), 0, last * 1_000_000).astype(np.int64), pa.timestamp("us", tz="UTC"),
+                                 mask=np.isnan(last)),
+        "popularity": pa.array(signals.popularity[rows], pa.float64()),
     })

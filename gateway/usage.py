@@ -139,6 +139,7 @@ class UsageIndex:
         self._checked_at = float("-inf")
         self._files: dict[tuple[int, int, bytes], _FileState] = {}
         self._products: dict[str, _ProductTally] = {}
+        self._activity: tuple[int, dict[str, tuple[int, int, float]]] | None = None
 
     # --- answers ----------------------------------------------------------------------------------
 
@@ -160,11 +161,15 @@ class UsageIndex:
         return {pid: (queries, consumers) for pid, (queries, consumers, _) in self.activity().items()}
 
     def activity(self) -> dict[str, tuple[int, int, float]]:
-        """product -> (queries, distinct consumers, last query as epoch seconds), every product at once."""
+        """product -> (queries, distinct consumers, last query as epoch seconds), every product at
+        once; computed once per ``generation`` (callers must not modify it)."""
         self.refresh()
         with self._lock:
-            return {pid: (t.queries, len(t.consumers), max(c.last for c in t.consumers.values()))
-                    for pid, t in self._products.items() if t.queries and t.consumers}
+            if self._activity is None or self._activity[0] != self.generation:
+                self._activity = (self.generation, {
+                    pid: (t.queries, len(t.consumers), max(c.last for c in t.consumers.values()))
+                    for pid, t in self._products.items() if t.queries and t.consumers})
+            return self._activity[1]
 
     # --- reading ----------------------------------------------------------------------------------
 
