@@ -26,6 +26,7 @@ could not query it.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import re
 import threading
@@ -64,6 +65,8 @@ PREFIX_QUALITY = 0.6
 MAX_PREFIX_EXPANSIONS = 64
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000
+REBUILD_WAIT = 0.25
+"""Seconds a search waits for the index of a new catalog snapshot before using the previous one."""
 HEALTH_MAX_AGE = 1.0
 """Seconds a snapshot of the products' health (quality scores, SLA checks) is reused."""
 
@@ -197,21 +200,32 @@ class _Entry:
     versions: tuple[str, ...]
 
 
-class _Index:
-    """One catalog snapshot, indexed: per stemmed word, the entries it occurs in (numpy arrays,
-    so scoring a term over thousands of entries is a few vector operations) and, for explaining
-    a hit, where in each entry it occurs."""
+_FIELD_BITS = {name: 1 << n for n, name in enumerate(FIELD_WEIGHTS)}
+_MASK_WEIGHTS = np.array([sum(w for name, w in FIELD_WEIGHTS.items() if mask & _FIELD_BITS[name])
+                          for mask in range(1 << len(FIELD_WEIGHTS))])
+"""The summed weight of every combination of fields a word can occur in (by bit mask)."""
 
-    def __init__(self, catalog: Catalog) -> None:
+_Analysis = tuple[dict[str, int], int]
+"""A product's words: stemmed word -> bit mask of the fields it occurs in; its name's word count."""
+
+
+class _Index:
+    """One catalog snapshot, indexed: per stemmed word, the entries it occurs in and a weight
+    for the fields it occurs in there (numpy arrays, so scoring a term over thousands of entries
+    is a few vector operations). ``analyses`` carries each product version's word analysis over
+    from the previous snapshot (versions never change), so a rebuild analyses new versions only."""
+
+    def __init__(self, catalog: Catalog, analyses: dict[tuple[str, str], _Analysis] | None = None) -> None:
         self.generation = catalog.generation
         self.entries: list[_Entry] = []
         self.by_name: dict[str, list[int]] = {}  # name and product id -> entries
+        self.analyses: dict[tuple[str, str], _Analysis] = {}
         by_domain: dict[str, list[int]] = {}
         by_tag: dict[str, list[int]] = {}
         by_owner: dict[str, list[int]] = {}
         name_lengths: list[int] = []
-        detail: dict[str, dict[int, list[tuple[str, str]]]] = {}
-        stems: dict[str, str] = {}
+        postings: dict[str, tuple[list[int], list[int]]] = {}  # word -> (entries, field masks)
+        previous = analyses or {}
         for i, d in enumerate(catalog.products()):
             self.entries.append(_Entry(d, tuple(m.version for m in catalog.majors(d.product_id))))
             self.by_name.setdefault(d.name, []).append(i)
@@ -222,34 +236,49 @@ class _Index:
             owner = d.owner.lower()
             for key in {owner, owner.split("@")[0]}:
                 by_owner.setdefault(key, []).append(i)
-            name_lengths.append(len({stem(w) for w in words(d.name)}))
-            for field_name, text, value in _fields(d):
-                for word in words(text):
-                    root = stems.get(word)
-                    if root is None:
-                        root = stems[word] = stem(word)
-                    places = detail.setdefault(root, {}).setdefault(i, [])
-                    if (field_name, value) not in places:
-                        places.append((field_name, value))
+            key = (d.product_id, d.version)
+            analysis = previous.get(key) or _analyse(d)
+            self.analyses[key] = analysis
+            masks, name_length = analysis
+            name_lengths.append(name_length)
+            for root, mask in masks.items():
+                found = postings.get(root)
+                if found is None:
+                    found = postings[root] = ([], [])
+                found[0].append(i)
+                found[1].append(mask)
         self.size = len(self.entries)
-        self.detail = detail
         self.docs: dict[str, np.ndarray] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.in_name: dict[str, np.ndarray] = {}
-        for root, places in detail.items():
-            self.docs[root] = np.fromiter(places, np.int32, len(places))
-            self.weights[root] = np.fromiter(
-                (sum(FIELD_WEIGHTS[f] for f in {f for f, _ in fields}) for fields in places.values()), np.float64, len(places))
-            self.in_name[root] = np.fromiter((any(f == "name" for f, _ in fields) for fields in places.values()), bool, len(places))
-        self.vocabulary = sorted(detail)
+        name_bit = _FIELD_BITS["name"]
+        for root, (docs, masks) in postings.items():
+            bits = np.array(masks, np.int32)
+            self.docs[root] = np.array(docs, np.int32)
+            self.weights[root] = _MASK_WEIGHTS[bits]
+            self.in_name[root] = (bits & name_bit) != 0
+        self.vocabulary = sorted(postings)
         self.name_lengths = np.array(name_lengths, np.int32)
         self.by_domain = {k: np.array(v, np.int32) for k, v in by_domain.items()}
         self.by_tag = {k: np.array(v, np.int32) for k, v in by_tag.items()}
         self.by_owner = {k: np.array(v, np.int32) for k, v in by_owner.items()}
 
+    def places(self, i: int, roots: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+        """Where in entry ``i`` each of ``roots`` occurs: (field, value) pairs, for explaining a hit."""
+        wanted = set(roots)
+        found: dict[str, list[tuple[str, str]]] = {}
+        for field_name, text, value in _fields(self.entries[i].descriptor):
+            for word in words(text):
+                root = _stem(word)
+                if root in wanted:
+                    places = found.setdefault(root, [])
+                    if (field_name, value) not in places:
+                        places.append((field_name, value))
+        return found
+
     def expand(self, term: str) -> list[tuple[str, bool]]:
         """Index words a query term matches: itself, and words it is a prefix of (3+ letters)."""
-        found = [(term, False)] if term in self.detail else []
+        found = [(term, False)] if term in self.docs else []
         if len(term) >= 3:
             start = bisect.bisect_left(self.vocabulary, term)
             for word in self.vocabulary[start:start + MAX_PREFIX_EXPANSIONS + 1]:
@@ -285,6 +314,21 @@ def _fields(d: Descriptor) -> Iterable[tuple[str, str, str]]:
             yield "column_tag", str(tag), column.name
         if column.spec.get("pii"):
             yield "column_tag", "pii", column.name
+
+
+@functools.lru_cache(maxsize=200_000)
+def _stem(word: str) -> str:
+    return stem(word)
+
+
+def _analyse(d: Descriptor) -> _Analysis:
+    masks: dict[str, int] = {}
+    for field_name, text, _ in _fields(d):
+        bit = _FIELD_BITS[field_name]
+        for word in words(text):
+            root = _stem(word)
+            masks[root] = masks.get(root, 0) | bit
+    return masks, len({_stem(w) for w in words(d.name)})
 
 
 @dataclass
@@ -329,6 +373,7 @@ class CatalogSearch:
         self._health = health
         self._lock = threading.Lock()
         self._index: _Index | None = None
+        self._rebuilt: threading.Event | None = None  # set when the running rebuild is done
         self._signals: _Signals | None = None
         self._health_at = float("-inf")
         self._health_map: Mapping[str, Health] = {}
@@ -338,15 +383,38 @@ class CatalogSearch:
     # --- snapshots ---------------------------------------------------------------------------------
 
     def index(self) -> _Index:
+        """The index of the current catalog snapshot. After a registration the index is rebuilt
+        in the background (analysing only new versions); a search waits for it up to
+        REBUILD_WAIT seconds, then uses the previous snapshot's index until it is ready, so a
+        large catalog's rebuild never stalls searches."""
         catalog = self._catalog()
         index = self._index
-        if index is None or index.generation != catalog.generation:
+        if index is None:
             with self._lock:
-                if self._index is None or self._index.generation != catalog.generation:
+                if self._index is None:
                     self._index = _Index(catalog)
+                return self._index
+        if index.generation == catalog.generation:
+            return index
+        with self._lock:
+            rebuilt = self._rebuilt
+            if rebuilt is None:
+                rebuilt = self._rebuilt = threading.Event()
+                threading.Thread(target=self._rebuild, args=(rebuilt,), name="catalog-index", daemon=True).start()
+        rebuilt.wait(REBUILD_WAIT)
+        return self._index  # type: ignore[return-value]
+
+    def _rebuild(self, done: threading.Event) -> None:
+        try:
+            while (catalog := self._catalog()).generation != self._index.generation:  # type: ignore[union-attr]
+                fresh = _Index(catalog, self._index.analyses)  # type: ignore[union-attr]
+                with self._lock:
+                    self._index = fresh
                     self._visible.clear()
-                index = self._index
-        return index
+        finally:
+            with self._lock:
+                self._rebuilt = None
+            done.set()
 
     def signals(self, index: _Index) -> _Signals:
         """Usage and health per entry; recomputed when the index, the usage or the health changed."""
@@ -467,9 +535,11 @@ class CatalogSearch:
              typed_of: dict[str, str], exact_key: str) -> Hit:
         entry = index.entries[i]
         by_field: dict[tuple[str, str], tuple[list[str], bool]] = {}
-        for term in terms:
-            for word, prefix in index.expand(term):
-                for key in index.detail[word].get(i, ()):
+        expansions = {term: index.expand(term) for term in terms}
+        places = index.places(i, [word for found in expansions.values() for word, _ in found])
+        for term, found in expansions.items():
+            for word, prefix in found:
+                for key in places.get(word, ()):
                     matched_terms, only_prefix = by_field.get(key, ([], True))
                     shown = typed_of.get(term, term)
                     if shown not in matched_terms:

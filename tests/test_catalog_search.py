@@ -308,6 +308,7 @@ def test_rest_bad_parameters_are_422_listing_every_problem(served: Served) -> No
     assert "domain: 'Not-A-Domain' is not a domain name" in body["detail"]
     assert "unknown parameter 'tag'" in body["detail"]
     assert body["field"] == "tag"
+    assert {p["field"] for p in body["problems"]} == {"tag", "limit", "domain"}
     status, body = get(served, "/api/v1/catalog/search?limit=abc")
     assert status == 422 and body["field"] == "limit"
     status, body = get(served, "/api/v1/catalog/search?q=" + "x" * 1001)

@@ -17,18 +17,21 @@ from fastapi.responses import JSONResponse
 
 from gateway.catalog_search import DEFAULT_LIMIT, MAX_LIMIT, search_as
 from gateway.descriptor import NAME
-from gateway.rest.app import ApiError, caller
+from gateway.rest.app import ApiError, Problem, caller, errors
 from policies import Principal
 
-router = APIRouter()
+router = APIRouter(tags=["catalog"])
 
 PARAMETERS = ("q", "domain", "tags", "owner", "limit")
 MAX_QUERY_LENGTH = 1000
 _TAG = re.compile(r"^[^,\s][^,]*$")
 
 
-@router.get("/api/v1/catalog/search")
+@router.get("/api/v1/catalog/search", responses=errors(), summary="Search data products across domains")
 def search(request: Request, principal: Principal = Depends(caller)) -> JSONResponse:
+    """Products matching `q` (name, description, columns, tags, owner, domain), ranked (exact name
+    first, then relevance boosted by usage and health), filtered by `domain`, `tags` (all),
+    `owner`; at most `limit` (1-1000, default 20). Only products the caller may read."""
     params = request.query_params
     problems: list[tuple[str, str]] = []  # (field, message)
     for unknown in sorted(set(params) - set(PARAMETERS)):
@@ -56,7 +59,8 @@ def search(request: Request, principal: Principal = Depends(caller)) -> JSONResp
         except ValueError:
             problems.append(("limit", f"expected a whole number from 1 to {MAX_LIMIT}, got '{limits[0]}'"))
     if problems:
-        raise ApiError(422, "invalid request", "; ".join(f"{f}: {m}" for f, m in problems), problems[0][0])
+        raise ApiError(422, "invalid request", "; ".join(f"{f}: {m}" for f, m in problems), problems[0][0],
+                       problems=[Problem(field=f, message=m) for f, m in problems])
     results = search_as(request.app.state.service, principal, text, domains=domains, tags=tags, owners=owners, limit=limit)
     return JSONResponse(results.to_json())
 
