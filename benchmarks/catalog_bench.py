@@ -300,8 +300,14 @@ def search_over_rest(gateway: Gateway, queries: list[dict[str, Any]]) -> dict[st
     auth = "Bearer " + json.loads(conn.getresponse().read())["access_token"]
 
     def get(params: dict[str, Any]) -> dict[str, Any]:
-        conn.request("GET", "/api/v1/catalog/search?" + urllib.parse.urlencode(params), headers={"Authorization": auth})
-        response = conn.getresponse()
+        path = "/api/v1/catalog/search?" + urllib.parse.urlencode(params)
+        try:
+            conn.request("GET", path, headers={"Authorization": auth})
+            response = conn.getresponse()
+        except (ConnectionError, http.client.HTTPException):  # the server closed an idle keep-alive connection
+            conn.close()
+            conn.request("GET", path, headers={"Authorization": auth})
+            response = conn.getresponse()
         body = json.loads(response.read())
         if response.status != 200:
             raise SystemExit(f"REST search failed: {response.status} {body}")

@@ -63,6 +63,8 @@ much more than one whose name only contains a term (``customer_revenue``)."""
 PREFIX_QUALITY = 0.6
 """A term matching only as a prefix of a word (``cust`` in ``customers``) counts this much."""
 MAX_PREFIX_EXPANSIONS = 64
+PLACES_KEPT = 4096
+"""Entries whose word places (for the reasons of a hit) are kept per index."""
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000
 REBUILD_WAIT = 0.25
@@ -262,18 +264,28 @@ class _Index:
         self.by_domain = {k: np.array(v, np.int32) for k, v in by_domain.items()}
         self.by_tag = {k: np.array(v, np.int32) for k, v in by_tag.items()}
         self.by_owner = {k: np.array(v, np.int32) for k, v in by_owner.items()}
+        self._places: dict[int, dict[str, tuple[tuple[str, str], ...]]] = {}
+        self._places_lock = threading.Lock()
 
-    def places(self, i: int, roots: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
-        """Where in entry ``i`` each of ``roots`` occurs: (field, value) pairs, for explaining a hit."""
-        wanted = set(roots)
-        found: dict[str, list[tuple[str, str]]] = {}
+    def places(self, i: int) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Where in entry ``i`` each of its words occurs: (field, value) pairs, for explaining a
+        hit; worked out when first asked and kept for the most recently explained entries (as
+        tuples of strings, which the garbage collector stops tracking: a large cache of lists
+        would make its full collections, and so searches, slow)."""
+        found = self._places.get(i)
+        if found is not None:
+            return found
+        places: dict[str, list[tuple[str, str]]] = {}
         for field_name, text, value in _fields(self.entries[i].descriptor):
             for word in words(text):
-                root = _stem(word)
-                if root in wanted:
-                    places = found.setdefault(root, [])
-                    if (field_name, value) not in places:
-                        places.append((field_name, value))
+                where = places.setdefault(_stem(word), [])
+                if (field_name, value) not in where:
+                    where.append((field_name, value))
+        found = {root: tuple(where) for root, where in places.items()}
+        with self._places_lock:
+            if len(self._places) >= PLACES_KEPT:
+                self._places.pop(next(iter(self._places)), None)
+            self._places[i] = found
         return found
 
     def expand(self, term: str) -> list[tuple[str, bool]]:
@@ -536,7 +548,7 @@ class CatalogSearch:
         entry = index.entries[i]
         by_field: dict[tuple[str, str], tuple[list[str], bool]] = {}
         expansions = {term: index.expand(term) for term in terms}
-        places = index.places(i, [word for found in expansions.values() for word, _ in found])
+        places = index.places(i)
         for term, found in expansions.items():
             for word, prefix in found:
                 for key in places.get(word, ()):
