@@ -59,13 +59,13 @@ def check_uri(uri: str) -> str:
 class RedisTier:
     """A ``gateway.cache.SharedTier`` on one Redis database; see the module docstring."""
 
-    def __init__(self, uri: str, timeout: float = 0.5, retry_after: float = 5.0) -> None:
+    def __init__(self, uri: str, connect_timeout: float = 0.5, timeout: float = 3.0, retry_after: float = 5.0) -> None:
         import redis
 
         self.uri = redact_uri(check_uri(uri))
         self.retry_after = retry_after
         self.errors = 0
-        self._client = redis.Redis.from_url(uri, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._client = redis.Redis.from_url(uri, socket_timeout=timeout, socket_connect_timeout=connect_timeout)
         self._redis_error = redis.RedisError
         self._down_since: float | None = None
         self._retry_at = 0.0
