@@ -119,6 +119,7 @@ class GatewayService:
         self._row_counts: dict[str, int | None] = {}
         self.recent: deque[QueryControl] = deque(maxlen=100)  # newest last; what each query sent
         size = default_cache_bytes() if settings.cache_bytes is None else settings.cache_bytes
+        self._owns_cache = cache is None  # a cache given to us is closed by whoever made it
         if cache is None and size > 0:
             from gateway.redis_tier import RedisTier
 
@@ -585,7 +586,7 @@ class GatewayService:
         return self._admission.drain(grace_period)
 
     def close(self) -> None:
-        if self.cache is not None and self.cache.shared is not None:
+        if self._owns_cache and self.cache is not None and self.cache.shared is not None:
             self.cache.shared.close()
         self.engine.close()
         self.sources.close()

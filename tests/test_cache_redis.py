@@ -35,7 +35,8 @@ def sample(name: str, **labels: str) -> float:
 
 
 def test_two_gateways_share_a_hit_through_redis(mesh: Mesh, redis_uri: str) -> None:
-    first, second = mesh.replica(RedisTier(redis_uri)), mesh.replica(RedisTier(redis_uri))
+    tiers = [RedisTier(redis_uri), RedisTier(redis_uri)]
+    first, second = mesh.replica(tiers[0]), mesh.replica(tiers[1])
     client = redis.Redis.from_url(redis_uri)
     try:
         hits_before = sample("gateway_cache_hits_total", level="result", tier=REDIS)
@@ -63,6 +64,8 @@ def test_two_gateways_share_a_hit_through_redis(mesh: Mesh, redis_uri: str) -> N
     finally:
         first.close()
         second.close()
+        for tier in tiers:
+            tier.close()
 
 
 def _plan(service, sql):  # noqa: ANN001, ANN202 - (plan, bound plan, max_staleness) as execute makes them
@@ -104,8 +107,10 @@ def test_a_redis_outage_never_fails_a_query(mesh: Mesh, redis_uri: str, redis_co
             assert mesh.run(KINDS + " WHERE 2 = 2", other)[1]["meshgate.cache_tier"] == REDIS
         finally:
             other.close()
+            other.cache.shared.close()  # type: ignore[union-attr]
     finally:
         gateway.close()
+        tier.close()
 
 
 def test_cache_flag_rejects_what_is_not_a_redis_uri(tmp_path: Path) -> None:
@@ -114,3 +119,40 @@ def test_cache_flag_rejects_what_is_not_a_redis_uri(tmp_path: Path) -> None:
                               capture_output=True, text=True, cwd=REPO, timeout=60,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
         assert done.returncode == 2 and message in done.stderr and "--cache" in done.stderr, done.stderr
+
+
+def test_serve_with_cache_flag_writes_its_entries_to_redis(mesh: Mesh, redis_uri: str, free_port, tmp_path: Path) -> None:  # noqa: ANN001
+    import signal
+
+    import adbc_driver_flightsql.dbapi as flightsql
+    import yaml
+
+    products = tmp_path / "products"
+    products.mkdir()
+    (products / "kinds.yaml").write_text(yaml.safe_dump(mesh.kinds.raw))
+    client = redis.Redis.from_url(redis_uri)
+    before = set(client.keys(f"{PREFIX}:result:*"))
+    port = free_port()
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--insecure-no-auth", "--host", "127.0.0.1", "--port", str(port),
+               "--http-port", "0", "--no-sla-monitor", "--products", str(products), "--registry", str(tmp_path / "r.db"),
+               "--cache", redis_uri]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MESHGATE_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with flightsql.connect(f"grpc://127.0.0.1:{port}", autocommit=True) as conn, conn.cursor() as cur:
+                    for _ in range(2):
+                        cur.execute("SELECT count(*) AS n FROM fresh.kinds")
+                        assert cur.fetch_arrow_table().column("n")[0].as_py() == 3
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else ""
+                time.sleep(0.3)
+        added = set(client.keys(f"{PREFIX}:result:*")) - before
+        assert len(added) == 1 and 0 < client.ttl(added.pop()) <= 1800  # kinds: 30m from the fetch
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert f"shared cache tier: {redis_uri}" in stderr
