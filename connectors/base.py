@@ -80,6 +80,7 @@ class SourceConfig:
     connector: str
     uri: str
     base_dir: Path | None = None
+    allowed_directories: tuple[str, ...] = ()  # file access is limited to these (the gateway's source roots)
 
     def local_path(self) -> Path:
         """``uri`` as an absolute file-system path (file sources), relative to ``base_dir``.

@@ -37,7 +37,15 @@ class ParquetConnector(DuckDBEngineConnector):
         return "parquet"
 
     def _open_database(self) -> duckdb.DuckDBPyConnection:
-        return duckdb.connect(":memory:", config=dict(DUCKDB_SETTINGS))
+        """An in-memory DuckDB; with ``allowed_directories`` (the gateway's source roots) it may
+        read files under them only, whatever a fragment asks for (checked after symlinks by
+        DuckDB; the setting cannot be undone by a later statement)."""
+        conn = duckdb.connect(":memory:", config=dict(DUCKDB_SETTINGS))
+        if self.config.allowed_directories:
+            folders = [d.rstrip("/") + "/" for d in self.config.allowed_directories]
+            conn.execute("SET allowed_directories = " + exp.Array(expressions=[exp.Literal.string(f) for f in folders]).sql("duckdb"))
+            conn.execute("SET enable_external_access = false")
+        return conn
 
     def relation(self, table: str | None, query: str | None) -> exp.Expression:
         if table is not None:
@@ -50,6 +58,14 @@ class ParquetConnector(DuckDBEngineConnector):
         if query is None:
             return files
         parsed = parse_query(query, self.dialect, self.display_name)
+        named = {FILES_TABLE} | {cte.alias for cte in parsed.find_all(exp.CTE)}
+        others = sorted({ref.sql(self.dialect) for ref in parsed.find_all(exp.Table)
+                         if ref.name not in named or ref.db or ref.catalog or not isinstance(ref.this, exp.Identifier)})
+        if others:
+            raise InvalidQuery(
+                f"source {self.display_name}: a parquet product's query reads only its own files, as table "
+                f"'{FILES_TABLE}'; it references {', '.join(others)}"
+            )
         for ref in list(parsed.find_all(exp.Table)):
             if ref.name == FILES_TABLE and not ref.db and not ref.catalog:
                 alias = ref.alias or FILES_TABLE  # keep `files.col` references valid

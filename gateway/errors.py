@@ -81,3 +81,25 @@ class PermissionDenied(MeshError):
     """Governance refused the request; the message names the product and the policy."""
 
     status = "PERMISSION_DENIED"
+
+
+class Conflict(MeshError):
+    """A write lost a race: another publisher changed the same product first (REST 409).
+
+    Retrying re-runs the checks against the registry as it is now."""
+
+    status = "ALREADY_EXISTS"
+
+
+class InvalidRequest(MeshError):
+    """A request's arguments are malformed (not a query, not a descriptor): e.g. an unknown
+    lifecycle status or a version that is not ``MAJOR`` or ``MAJOR.MINOR.PATCH``."""
+
+    status = "INVALID_ARGUMENT"
+
+
+class PreconditionFailed(MeshError):
+    """The request is valid but the product is not in a state that allows it (REST 409): e.g.
+    retiring a version before its deprecation notice period has passed."""
+
+    status = "FAILED_PRECONDITION"

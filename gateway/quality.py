@@ -22,7 +22,7 @@ not evidence that the data is wrong.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import sqlglot
 from sqlglot import exp
@@ -77,6 +77,27 @@ class RuleResult:
             return f"{self.name} ({self.severity}): passed"
         of = f" of {self.total_rows}" if self.total_rows is not None else ""
         return f"{self.name} ({self.severity}): {self.failing_rows}{of} row(s) fail `{self.rule}`"
+
+    def to_json(self) -> dict[str, Any]:
+        """What the registry stores per rule (``Registry.record_quality``)."""
+        return {"name": self.name, "rule": self.rule, "severity": self.severity, "passed": self.passed,
+                "failing_rows": self.failing_rows, "total_rows": self.total_rows, "error": self.error,
+                "path": self.path, "skipped": self.skipped}
+
+
+def score(results: Iterable[dict[str, Any]]) -> float:
+    """The quality score of one run: the share of rules that passed, each rule counting the same
+    whatever its severity (a failing warning lowers it as much as a failing error); a rule that
+    could not run has not passed; a skipped rule (the source cannot express it) does not count.
+    No rules: 1.0."""
+    rows = [r for r in results if not r.get("skipped")]
+    return sum(1 for r in rows if r.get("passed")) / len(rows) if rows else 1.0
+
+
+def unreachable(descriptor: Descriptor, reason: str) -> list[RuleResult]:
+    """Every rule of ``descriptor`` as not run because its source could not be reached: a gate
+    that cannot run fails (an ``error`` rule then blocks publication: fail closed)."""
+    return [RuleResult(r.name, r.rule, r.severity, None, None, reason, path=r.path) for r in rules(descriptor)]
 
 
 def rules(descriptor: Descriptor) -> list[Rule]:

@@ -36,6 +36,10 @@ from gateway.planner.bind import BoundFragment, bind_for_schema, typed_null, Bou
 from gateway.planner.plan import Fragment, LocalRows
 from gateway.registry import Catalog, Registry
 from gateway.sources import SourceManager
+from gateway.home import meshgate_home
+from gateway.lifecycle import StatusChange, set_status
+from gateway.publishing import PublishReport, publish
+from gateway.source_roots import SourceRoots, state_files
 from gateway.system_products import SystemScope
 from gateway.system_tables import listed_relations, system_relation, system_table
 from policies import Principal
@@ -103,13 +107,18 @@ class GatewayService:
         policies: PolicyEngine | None = None,
         audit: AuditLog | None = None,
         cache: ResultCache | None = None,
+        source_roots: SourceRoots | None = None,
     ) -> None:
-        """``cache`` replaces the cache ``settings`` describe (tests give one with their own clock)."""
+        """``cache`` replaces the result cache ``settings`` describe (tests give one with their own clock).
+        ``source_roots``: where file sources may live (default: $MESHGATE_HOME and the registry's
+        folder; the registry, the audit log are never readable as sources)."""
         self.registry = registry
         self.policies = policies if policies is not None else PolicyEngine.load()
         self.audit = audit if audit is not None else AuditLog(registry.path.parent / "audit.log")
         self.settings = settings
-        self.sources = SourceManager()
+        if source_roots is None:
+            source_roots = SourceRoots.of([meshgate_home(), registry.path.parent])
+        self.sources = SourceManager(source_roots.adding(forbidden=state_files(registry.path, self.audit.path)))
         self.engine = Engine(settings.memory_limit)
         self._plans: LRUCache[tuple[str, int], _Planned] = LRUCache(maxsize=settings.plan_cache_size)
         self._plans_lock = threading.Lock()
@@ -241,7 +250,41 @@ class GatewayService:
                 raise
             return pa.RecordBatchReader.from_batches(reader.schema, _releasing(reader, slot)), uses.as_of()
 
-        return load, uses
+        try:
+            cacheable = self._cacheable(planned.plan, bound, max_staleness)
+            if cacheable is None:
+                result = Result(run(), BYPASS, 0.0)
+            else:
+                if self._admission.draining:
+                    raise ShuttingDown("the gateway is shutting down and accepts no new queries")
+                key, max_age, sla = cacheable
+                result = self.cache.fetch(key, max_age, run, drop_older_than=sla)  # type: ignore[union-attr]
+        except BaseException as err:
+            for slot in slots:
+                slot.release()
+            self.audit.begin(principal, sql, fragments=control.sent, status="error", error=str(err), **audit)
+            raise
+        cache = {"cache": result.status, "age_seconds": round(result.age_seconds, 3)}
+        deprecated = self._deprecated(planned.plan)
+        if deprecated:
+            cache["deprecated"] = deprecated
+        record = self.audit.begin(principal, sql, fragments=control.sent, extra=cache, **audit)
+        schema = result.reader.schema.with_metadata({
+            **(result.reader.schema.metadata or {}),
+            **({b"meshgate.deprecated": "; ".join(deprecated).encode()} if deprecated else {}),
+            b"meshgate.cache": result.status.encode(),
+            b"meshgate.age_seconds": f"{result.age_seconds:.3f}".encode(),
+            b"meshgate.products": ",".join(planned.plan.products).encode(),
+        })
+        finishing = self._finishing(result.reader, slots, record, _descriptors(planned.plan), started)
+        return pa.RecordBatchReader.from_batches(schema, finishing)
+
+    def _deprecated(self, plan: Plan) -> list[str]:
+        """A note per deprecated product version the plan reads: audited and returned in the
+        result's metadata (``meshgate.deprecated``), so consumers learn before it is retired."""
+        catalog = self.registry.catalog()
+        return [f"{d.product_id}@{d.version} is {record.note()}"
+                for d in _descriptors(plan) if (record := catalog.deprecation(d)) is not None]
 
     def _bind(self, planned: _Planned, parameters: Sequence[Any]) -> BoundPlan:
         """``bind()`` memoized per plan and parameter values: rendering SQL costs more than a cache hit."""
@@ -497,6 +540,38 @@ class GatewayService:
         finally:
             scan.close()
 
+    # --- publishing and lifecycle -------------------------------------------------------------
+
+    def publish(
+        self,
+        descriptors: Sequence[Descriptor | Mapping[str, Any]],
+        principal: Principal,
+        *,
+        run_quality: bool = True,
+        dry_run: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> PublishReport:
+        """Check and publish descriptors atomically (``gateway/publishing.py``): every check of
+        every version in the report; raises ``Conflict`` when another publisher won a race."""
+        return publish(descriptors, principal, registry=self.registry, policies=self.policies, sources=self.sources,
+                       run_quality=run_quality, dry_run=dry_run, progress=progress)
+
+    def set_status(
+        self,
+        product_id: str,
+        version_or_major: str,
+        status: str,
+        principal: Principal,
+        *,
+        reason: str = "",
+        replaced_by: str = "",
+        force: bool = False,
+    ) -> StatusChange:
+        """Deprecate or retire a product, a major (``"2"``) or a version (``"2.1.0"``)
+        (``gateway/lifecycle.py``): needs owner:<domain> or admin; retiring waits for the notice."""
+        return set_status(self.registry, self.policies, product_id, version_or_major, status, principal,
+                          reason=reason, replaced_by=replaced_by, force=force)
+
     # --- metadata -----------------------------------------------------------------------------
 
     def list_catalogs(self) -> list[str]:
@@ -550,7 +625,7 @@ class GatewayService:
                 name,
                 "VIEW" if d.source.connector == "mesh" else "TABLE",
                 pa.schema([pa.field(c.name, c.type.arrow, nullable=not c.required) for c in d.columns]),
-                d.description,
+                _remarks(d, snapshot),
                 {c.name: c.description for c in d.columns if c.description},
             )
             for domain, name, d in listed_relations(snapshot, visible)
@@ -716,6 +791,12 @@ def _decision_label(decision: Decision) -> str:
 
 def _versions(plan: Plan) -> list[tuple[str, str]]:
     return [tuple(label.rsplit("@", 1)) for label in plan.products]  # type: ignore[misc]
+
+
+def _remarks(descriptor: Descriptor, catalog: Catalog) -> str:
+    """GetTables' remarks: the description, prefixed with the deprecation notice when there is one."""
+    record = catalog.deprecation(descriptor)
+    return f"DEPRECATED ({record.note()}). {descriptor.description}".strip() if record else descriptor.description
 
 
 def _like(value: str, pattern: str | None) -> bool:

@@ -2,6 +2,9 @@
 
 A product's ``uri`` may reference secrets as ``${ENV_VAR}``; they are substituted here, at
 connect time, so they never land in the registry, in EXPLAIN or in error messages.
+
+File sources are opened only when they lie under the manager's source roots
+(``gateway/source_roots.py``); a product that does not is refused with PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from connectors import open_connector
 from connectors.base import Connector, SourceConfig
 from gateway.descriptor import Descriptor
 from gateway.errors import SourceUnavailable
+from gateway.source_roots import SourceRoots
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -21,7 +25,9 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 class SourceManager:
     """Connectors by source, created on first use and shared by every query."""
 
-    def __init__(self) -> None:
+    def __init__(self, roots: SourceRoots | None = None) -> None:
+        """``roots``: where file sources may live (default: ``SourceRoots.default()``, $MESHGATE_HOME)."""
+        self.roots = roots if roots is not None else SourceRoots.default()
         self._connectors: dict[tuple[str, str, str], Connector] = {}
         self._lock = threading.Lock()
 
@@ -33,7 +39,9 @@ class SourceManager:
         with self._lock:
             connector = self._connectors.get(key)
             if connector is None:
-                config = SourceConfig(source.connector, uri, descriptor.base_dir)
+                self.roots.check(descriptor, uri)
+                allowed = tuple(str(r) for r in self.roots.roots)
+                config = SourceConfig(source.connector, uri, descriptor.base_dir, allowed)
                 connector = open_connector(config)
                 self._connectors[key] = connector
             return connector

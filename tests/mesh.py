@@ -29,6 +29,7 @@ from gateway.engine import conform
 from gateway.flight.server import MeshFlightServer
 from gateway.registry import Registry
 from gateway.service import GatewayService, Settings
+from gateway.source_roots import SourceRoots
 from policies import ANONYMOUS, Principal
 from policies.engine import PolicyEngine
 
@@ -66,10 +67,13 @@ def start_gateway(
     settings: Settings = Settings(),
     policies: Path = OPEN_POLICIES,
     principal: Principal = ANONYMOUS,
+    source_roots: list[Path] = (),
 ) -> tuple[GatewayService, MeshFlightServer, str]:
-    """A gateway on a free port; every caller is ``principal`` (authentication is tested apart)."""
+    """A gateway on a free port; every caller is ``principal`` (authentication is tested apart).
+    File sources may lie in the registry's folder and in ``source_roots``."""
     audit = AuditLog(registry.path.parent / f"audit-{uuid.uuid4().hex[:8]}.log")
-    service = GatewayService(registry, settings, PolicyEngine.load(policies), audit)
+    roots = SourceRoots.of([registry.path.parent, *source_roots])
+    service = GatewayService(registry, settings, PolicyEngine.load(policies), audit, source_roots=roots)
     server = MeshFlightServer("grpc://127.0.0.1:0", service, principal_for=lambda _context: principal)
     return service, server, f"grpc://127.0.0.1:{server.port}"
 

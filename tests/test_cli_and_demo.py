@@ -116,7 +116,8 @@ def test_running_gateway_sees_a_new_product_within_a_second(live_mesh: LiveMesh,
     from tests.mesh import start_gateway
 
     registry = Registry(tmp_path / "registry.db")
-    service, server, uri = start_gateway(registry)
+    data = live_mesh.mesh.products_dir.parent
+    service, server, uri = start_gateway(registry, source_roots=[data])
     try:
         source = next(live_mesh.mesh.products_dir.glob("customers/segments.yaml"))
         doc = yaml.safe_load(source.read_text())
@@ -124,7 +125,8 @@ def test_running_gateway_sees_a_new_product_within_a_second(live_mesh: LiveMesh,
         (tmp_path / "segments.yaml").write_text(yaml.safe_dump(doc))
         with pytest.raises(flightsql.Error, match="unknown data product"):
             _count(uri, "customers.segments")
-        result = meshgate("product", "register", str(tmp_path / "segments.yaml"), "--registry", str(registry.path))
+        result = meshgate("product", "register", str(tmp_path / "segments.yaml"), "--registry", str(registry.path),
+                          "--source-root", str(data))
         assert result.returncode == 0, result.stderr
         registered = time.monotonic()
         while True:

@@ -21,6 +21,7 @@ from gateway.cache import ResultCache
 from gateway.descriptor import validate
 from gateway.registry import Registry
 from gateway.rest import create_app, serve_http
+from gateway.source_roots import SourceRoots
 from gateway.service import GatewayService
 from policies import ANONYMOUS, Principal
 from policies.engine import PolicyEngine
@@ -112,7 +113,8 @@ def test_metrics_count_queries_cache_policy_and_connectors(served: tuple[Gateway
 def test_connector_errors_are_counted(served: tuple[GatewayService, str], live_mesh: LiveMesh, tmp_path: Path) -> None:
     _, url = served
     registry, _ = broken_registry(live_mesh, tmp_path)
-    service = GatewayService(registry, policies=PolicyEngine.load(OPEN_POLICIES), audit=AuditLog(tmp_path / "a.log"))
+    service = GatewayService(registry, policies=PolicyEngine.load(OPEN_POLICIES), audit=AuditLog(tmp_path / "a.log"),
+                             source_roots=SourceRoots.of([live_mesh.mesh.products_dir.parent]))
     before = value(samples(get(url + "/metrics")[1]), "connector_errors_total", connector="postgres")
     try:
         with pytest.raises(Exception):
@@ -155,7 +157,8 @@ def test_readyz_is_503_for_an_unreachable_source_and_broken_policies(live_mesh: 
     policies = tmp_path / "policies"
     shutil.copytree(OPEN_POLICIES, policies)
     engine = PolicyEngine.load(policies)
-    service = GatewayService(registry, policies=engine, audit=AuditLog(tmp_path / "audit.log"))
+    service = GatewayService(registry, policies=engine, audit=AuditLog(tmp_path / "audit.log"),
+                             source_roots=SourceRoots.of([live_mesh.mesh.products_dir.parent]))
     http = serve_http(create_app(service), "127.0.0.1", 0)
     try:
         status, text, _ = get(http.url + "/readyz")

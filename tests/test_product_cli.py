@@ -122,6 +122,12 @@ def test_register_refuses_breaking_change_in_same_major_listing_every_problem(me
     assert "new major" in result.out and "registered  sales.orders 2.0.0" in result.out
 
     compatible = write(tmp_path, "v1_2.yaml", "1.2.0", lambda d: d["spec"]["schema"].append({"name": "note", "type": "string"}))
+    result = meshgate("product", "register", str(compatible), "--registry", registry)
+    assert result.code == 2 and "spec.schema[4]: column 'note' is missing from the source" in result.err  # contract vs real table
+    conn = sqlite3.connect(tmp_path / "orders.sqlite")
+    conn.execute("ALTER TABLE orders ADD COLUMN note TEXT")
+    conn.commit()
+    conn.close()
     assert meshgate("product", "register", str(compatible), "--registry", registry).code == 0
     assert [d.version for d in Registry(tmp_path / "r.db").versions("sales.orders")] == ["2.0.0", "1.2.0", "1.0.0"]
 
@@ -235,9 +241,10 @@ def test_demo_products_validate_and_pass_their_error_gates(meshgate, live_mesh) 
     files = sorted(live_mesh.mesh.products_dir.rglob("*.yaml"))
     assert files
     for file in files:
-        result = meshgate("product", "validate", str(file))
+        result = meshgate("product", "validate", str(file), "--source-root", str(live_mesh.mesh.products_dir.parent))
         assert result.code == 0, (file, result.err)
     for product_id in live_mesh.registry.catalog(max_age=0).versions:
-        result = meshgate("product", "check", product_id, "--registry", str(live_mesh.registry.path))
+        result = meshgate("product", "check", product_id, "--registry", str(live_mesh.registry.path),
+                          "--source-root", str(live_mesh.mesh.products_dir.parent))
         assert result.code == 0, (product_id, result.out)
         assert "could not run" not in result.out

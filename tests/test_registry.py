@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -136,11 +137,16 @@ def test_registration_is_all_or_nothing(tmp_path: Path) -> None:
 
 def test_running_reader_sees_changes_from_another_process_within_a_second(tmp_path: Path) -> None:
     registry = Registry(tmp_path / "registry.db")
-    registry.register([_descriptor("1.0.0")])
-    assert registry.catalog().resolve("customers", "customer_360").version == "1.0.0"
     products = tmp_path / "products"
     products.mkdir()
-    (products / "p.yaml").write_text(yaml.safe_dump(variant(metadata__version="1.1.0")))
+    conn = sqlite3.connect(products / "c360.sqlite")  # publishing reads the real table: give it one
+    conn.execute("CREATE TABLE c360 (customer_id TEXT NOT NULL, email TEXT, ltv REAL, updated_at TEXT NOT NULL)")
+    conn.commit()
+    conn.close()
+    source = {"connector": "sqlite", "uri": "c360.sqlite", "table": "c360"}
+    registry.register([validate(variant(metadata__version="1.0.0", spec__source=source), base_dir=products)])
+    assert registry.catalog().resolve("customers", "customer_360").version == "1.0.0"
+    (products / "p.yaml").write_text(yaml.safe_dump(variant(metadata__version="1.1.0", spec__source=source)))
     subprocess.run(
         [sys.executable, "-m", "gateway.cli", "product", "register", str(products), "--registry", str(tmp_path / "registry.db")],
         check=True, capture_output=True,

@@ -3,8 +3,9 @@
 Each command group lives in its own module with an ``add_commands(subparsers)`` that adds its
 parsers and sets each one's ``handler``; this module only assembles them and maps errors to exit
 codes: 0 success, 1 a query or server failure, 2 bad input (usage, invalid descriptor, invalid
-SQL) with a message on stderr saying what was wrong and where. ``meshgate sla check``: 0 every
-product meets its SLA, 1 one breaches it, 2 bad input. ``meshgate policy check``: 0
+SQL, a refused publication, deprecation or retirement) with a message on stderr saying what was
+wrong and where. ``meshgate sla check``: 0 every product meets its SLA, 1 one breaches it, 2 bad
+input. ``meshgate policy check``: 0
 allowed, 1 denied, 2 bad input; ``meshgate policy test``: 0 every case passed, 1 a case failed,
 2 bad input.
 """
@@ -47,6 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except MeshError as err:
         stderr.print(f"[red]error:[/red] {err.message}")
-        return 2 if err.status in ("INVALID_ARGUMENT", "NOT_FOUND") else 1
+        return 2 if err.status in ("INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "FAILED_PRECONDITION") else 1
     except KeyboardInterrupt:
         return 130

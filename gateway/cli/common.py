@@ -9,16 +9,13 @@ from pathlib import Path
 from rich.console import Console
 
 from gateway.errors import InvalidDescriptor
+from gateway.home import meshgate_home
 
 stderr = Console(stderr=True)
 stdout = Console()
 
 DEFAULT_PORT = 32010
 DEFAULT_HTTP_PORT = 8080
-
-
-def meshgate_home() -> Path:
-    return Path(os.environ.get("MESHGATE_HOME", Path.home() / ".meshgate"))
 
 
 def default_memory_limit() -> int:
@@ -166,3 +163,16 @@ def principal_from_flags(args: argparse.Namespace):  # noqa: ANN201 - avoids imp
     if args.user == ANONYMOUS.name:
         return ANONYMOUS
     raise FlagError(f"who is '{args.user}'? give --users FILE, or describe the principal with --role/--attr")
+
+
+def source_roots(given: list[Path], named: list[Path], registry: Path, forbidden: list[Path]):  # noqa: ANN201
+    """The source roots of a command: ``--source-root`` folders (default: $MESHGATE_SOURCE_ROOTS,
+    os.pathsep-separated, else $MESHGATE_HOME and the registry's folder) plus the folders of the
+    descriptors or data the operator ``named``; the registry, its audit log and the ``forbidden``
+    files (the users file) are never sources."""
+    from gateway.source_roots import SourceRoots, roots_of_paths, state_files
+
+    if not given:
+        env = os.environ.get("MESHGATE_SOURCE_ROOTS", "")
+        given = [Path(p) for p in env.split(os.pathsep) if p] or [meshgate_home(), registry.parent]
+    return SourceRoots.of([*given, *roots_of_paths(named)], [*state_files(registry), *forbidden])

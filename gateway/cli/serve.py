@@ -21,6 +21,7 @@ from gateway.cli.common import (
     open_registry,
     parse_size,
     print_descriptor_errors,
+    source_roots,
     stderr,
     stdout,
 )
@@ -95,6 +96,12 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sla-availability-window", type=_duration, default=24 * 3600.0,
                         help="the window product_availability_ratio is measured over (default 24h)")
 
+    parser.add_argument("--source-root", type=Path, action="append", default=[], metavar="DIR",
+                        help="file sources (sqlite, duckdb, parquet) must lie under one of these folders (repeatable; default: "
+                             "$MESHGATE_SOURCE_ROOTS, else $MESHGATE_HOME and the registry's folder; plus the --products folders, "
+                             "or the demo data). "
+                             "The registry, audit log and users file are never readable as sources")
+
 
 def _duration(text: str) -> float:
     from gateway.cache import parse_duration
@@ -108,15 +115,33 @@ def _duration(text: str) -> float:
     return seconds
 
 
-def register_paths(registry, paths: list[Path]) -> list[tuple[str, str, str]]:  # noqa: ANN001
+def register_paths(service, paths: list[Path]) -> list[tuple[str, str, str]]:  # noqa: ANN001
+    """Publish the descriptors under ``paths`` as the local operator (every check, all or
+    nothing); exit 2 listing every problem when refused."""
+    from gateway.cli.product import LOCAL_OPERATOR, _print_checks
+    from policies import Principal
+
     descriptors, errors = load_descriptors(paths)
     if errors:
         print_descriptor_errors(errors)
         raise SystemExit(2)
-    return registry.register(descriptors)
+    report = service.publish(descriptors, Principal(LOCAL_OPERATOR, frozenset({"admin"})))
+    if not report.ok:
+        _print_checks(report)
+        stderr.print(f"[red]refused:[/red] {len(report.failures)} problem(s); nothing was registered")
+        raise SystemExit(2)
+    return report.published
 
 
-def _service(args: argparse.Namespace, registry):  # noqa: ANN001, ANN202
+def _roots(args: argparse.Namespace, named: list[Path], forbidden: list[Path]):  # noqa: ANN202
+    from gateway.source_roots import state_files
+
+    registry = args.registry or meshgate_home() / "registry.db"
+    audit = state_files(registry, args.audit_log) if args.audit_log else []
+    return source_roots(args.source_root, named, registry, [*audit, *forbidden])
+
+
+def _service(args: argparse.Namespace, registry, roots):  # noqa: ANN001, ANN202
     from gateway.service import GatewayService, Settings
 
     settings = Settings(
@@ -132,7 +157,7 @@ def _service(args: argparse.Namespace, registry):  # noqa: ANN001, ANN202
     from policies.engine import PolicyEngine
 
     audit = AuditLog(args.audit_log) if args.audit_log else None
-    service = GatewayService(registry, settings, PolicyEngine.load(args.policies), audit)
+    service = GatewayService(registry, settings, PolicyEngine.load(args.policies), audit, source_roots=roots)
     shared = service.cache.shared if service.cache is not None else None
     if args.cache and shared is None:
         stderr.print("[yellow]warning:[/yellow] --cache is ignored with --cache-bytes 0 (no cache at all)")
@@ -173,11 +198,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if tls is None and args.host not in ("127.0.0.1", "localhost", "::1"):
             stderr.print("[yellow]WARNING: no --tls-cert: passwords and tokens cross the network in clear text[/yellow]")
     registry = open_registry(args.registry)
+    service = _service(args, registry, _roots(args, args.products, [args.users] if args.users else []))
     if args.products:
-        for product_id, version, state in register_paths(registry, args.products):
+        for product_id, version, state in register_paths(service, args.products):
             stderr.print(f"{state:>10}  {product_id} {version}")
     http = (args.http_host or args.host, args.http_port)
-    return _serve(_service(args, registry), args.host, args.port, args.grace_period, authenticator=authenticator, tls=tls,
+    return _serve(service, args.host, args.port, args.grace_period, authenticator=authenticator, tls=tls,
                   http=http, monitor=_monitor_options(args))
 
 
@@ -315,16 +341,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     mesh = generate_demo_mesh(data_dir, scale=args.scale, postgres_uri=args.postgres, progress=True)
     for note in mesh.notes:
         stderr.print(f"[yellow]note:[/yellow] {note}")
-    registry = open_registry(args.registry or data_dir / "registry.db")
-    register_paths(registry, [mesh.products_dir])
-    stderr.print(f"registered {len(registry.catalog().versions)} products from {mesh.products_dir}")
+    args.registry = args.registry or data_dir / "registry.db"
+    registry = open_registry(args.registry)
     accounts = ensure_demo_users(data_dir)
+    service = _service(args, registry, _roots(args, [data_dir], [accounts.users_file, accounts.passwords_file]))
+    register_paths(service, [mesh.products_dir])
+    stderr.print(f"registered {len(registry.catalog().versions)} products from {mesh.products_dir}")
     stderr.print(f"demo users in {accounts.users_file}, their passwords in {accounts.passwords_file}")
     if args.no_serve:
+        service.close()
         return 0
     authenticator = _authenticator(accounts.users_file, 3600.0)
     banner = _demo_banner(args.port, mesh, accounts)
-    return _serve(_service(args, registry), "127.0.0.1", args.port, args.grace_period, banner, authenticator=authenticator,
+    return _serve(service, "127.0.0.1", args.port, args.grace_period, banner, authenticator=authenticator,
                   http=("127.0.0.1", args.http_port), monitor=monitor)
 
 

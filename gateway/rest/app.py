@@ -45,8 +45,8 @@ _STATUS = {
     "UNAUTHENTICATED": 401,
     "PERMISSION_DENIED": 403,
     "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409,
-    "FAILED_PRECONDITION": 409,
+    "ALREADY_EXISTS": 409,  # a concurrent publication won (gateway.errors.Conflict)
+    "FAILED_PRECONDITION": 409,  # e.g. retiring before the deprecation notice period
     "UNIMPLEMENTED": 501,
     "UNAVAILABLE": 503,
     "RESOURCE_EXHAUSTED": 503,
