@@ -255,7 +255,7 @@ def _check_one(
             add(f"quality.{rule.name}", "skipped", "quality rules of derived products are not run at publication")
         return None
 
-    if d.source.connector in FILE_CONNECTORS:
+    if d.source.connector in FILE_CONNECTORS and sources.roots is not None:
         refused = sources.roots.problems(d)
         for problem in refused:
             add("source_root", "failed", problem)

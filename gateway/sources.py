@@ -26,8 +26,9 @@ class SourceManager:
     """Connectors by source, created on first use and shared by every query."""
 
     def __init__(self, roots: SourceRoots | None = None) -> None:
-        """``roots``: where file sources may live (default: ``SourceRoots.default()``, $MESHGATE_HOME)."""
-        self.roots = roots if roots is not None else SourceRoots.default()
+        """``roots``: where file sources may live. None sets no fence: for tools reading sources
+        their operator named; the gateway (``GatewayService``) and publishing always pass roots."""
+        self.roots = roots
         self._connectors: dict[tuple[str, str, str], Connector] = {}
         self._lock = threading.Lock()
 
@@ -39,8 +40,10 @@ class SourceManager:
         with self._lock:
             connector = self._connectors.get(key)
             if connector is None:
-                self.roots.check(descriptor, uri)
-                allowed = tuple(str(r) for r in self.roots.roots)
+                allowed: tuple[str, ...] = ()
+                if self.roots is not None:
+                    self.roots.check(descriptor, uri)
+                    allowed = tuple(str(r) for r in self.roots.roots)
                 config = SourceConfig(source.connector, uri, descriptor.base_dir, allowed)
                 connector = open_connector(config)
                 self._connectors[key] = connector
