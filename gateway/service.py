@@ -209,6 +209,9 @@ class GatewayService:
         cache: dict[str, Any] = {"cache": result.status, "age_seconds": round(result.age_seconds, 3)}
         if uses.results:
             cache["fragment_cache"] = uses.statuses()
+        deprecated = self._deprecated(planned.plan)
+        if deprecated:
+            cache["deprecated"] = deprecated
         record = self.audit.begin(principal, sql, fragments=control.sent, extra=cache, record_id=entry.id, **audit)
         self.history.cached(entry, result.status, result.age_seconds, uses.statuses() if uses.results else None)
         metadata = {
@@ -218,6 +221,8 @@ class GatewayService:
         }
         if result.tier:
             metadata[b"meshgate.cache_tier"] = result.tier.encode()
+        if deprecated:
+            metadata[b"meshgate.deprecated"] = "; ".join(deprecated).encode()
         if uses.results:
             metadata[b"meshgate.fragment_cache"] = ",".join(f"{k}={v}" for k, v in uses.statuses().items()).encode()
         schema = result.reader.schema.with_metadata({**(result.reader.schema.metadata or {}), **metadata})
@@ -250,34 +255,7 @@ class GatewayService:
                 raise
             return pa.RecordBatchReader.from_batches(reader.schema, _releasing(reader, slot)), uses.as_of()
 
-        try:
-            cacheable = self._cacheable(planned.plan, bound, max_staleness)
-            if cacheable is None:
-                result = Result(run(), BYPASS, 0.0)
-            else:
-                if self._admission.draining:
-                    raise ShuttingDown("the gateway is shutting down and accepts no new queries")
-                key, max_age, sla = cacheable
-                result = self.cache.fetch(key, max_age, run, drop_older_than=sla)  # type: ignore[union-attr]
-        except BaseException as err:
-            for slot in slots:
-                slot.release()
-            self.audit.begin(principal, sql, fragments=control.sent, status="error", error=str(err), **audit)
-            raise
-        cache = {"cache": result.status, "age_seconds": round(result.age_seconds, 3)}
-        deprecated = self._deprecated(planned.plan)
-        if deprecated:
-            cache["deprecated"] = deprecated
-        record = self.audit.begin(principal, sql, fragments=control.sent, extra=cache, **audit)
-        schema = result.reader.schema.with_metadata({
-            **(result.reader.schema.metadata or {}),
-            **({b"meshgate.deprecated": "; ".join(deprecated).encode()} if deprecated else {}),
-            b"meshgate.cache": result.status.encode(),
-            b"meshgate.age_seconds": f"{result.age_seconds:.3f}".encode(),
-            b"meshgate.products": ",".join(planned.plan.products).encode(),
-        })
-        finishing = self._finishing(result.reader, slots, record, _descriptors(planned.plan), started)
-        return pa.RecordBatchReader.from_batches(schema, finishing)
+        return load, uses
 
     def _deprecated(self, plan: Plan) -> list[str]:
         """A note per deprecated product version the plan reads: audited and returned in the
