@@ -163,7 +163,7 @@ def _roots(args: argparse.Namespace, named: list[Path]):  # noqa: ANN202
     """This command's source roots; the registry, its audit log and --users are never sources."""
     registry = getattr(args, "registry", None) or meshgate_home() / "registry.db"
     users = [args.users] if getattr(args, "users", None) else []
-    return source_roots(args.source_root, named, registry, users)
+    return source_roots(getattr(args, "source_root", []), named, registry, users)
 
 
 def _service(args: argparse.Namespace, named: list[Path]):  # noqa: ANN202
@@ -208,6 +208,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text, encoding="utf-8")
         required = sum(1 for c in doc["spec"]["schema"] if c.get("required"))
         stdout.print(f"wrote {args.output}: {args.domain}.{args.name} {args.version}, {len(doc['spec']['schema'])} column(s) "
