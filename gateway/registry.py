@@ -98,8 +98,8 @@ class VersionRecord:
         """A one-line human description of a deprecated or retired version."""
         if self.status == "active":
             return ""
-        when = _day(self.retired_at if self.status == "retired" else self.deprecated_at)
-        text = f"{self.status} since {when}"
+        at = self.retired_at if self.status == "retired" else self.deprecated_at
+        text = f"{self.status} since {_day(at)}" if at else self.status
         if self.reason:
             text += f": {self.reason}"
         if self.replaced_by:
@@ -483,5 +483,5 @@ def _pause_for_tests(phase: str) -> None:
         time.sleep(0.02)
 
 
-def _day(at: float | None) -> str:
-    return datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if at else "?"
+def _day(at: float) -> str:
+    return datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -70,12 +70,23 @@ def start_gateway(
     source_roots: list[Path] = (),
 ) -> tuple[GatewayService, MeshFlightServer, str]:
     """A gateway on a free port; every caller is ``principal`` (authentication is tested apart).
-    File sources may lie in the registry's folder and in ``source_roots``."""
+    File sources may lie in the registry's folder, where the registered products' files are
+    (``data_folders``) and in ``source_roots``."""
     audit = AuditLog(registry.path.parent / f"audit-{uuid.uuid4().hex[:8]}.log")
-    roots = SourceRoots.of([registry.path.parent, *source_roots])
+    roots = SourceRoots.of([registry.path.parent, *data_folders(registry), *source_roots])
     service = GatewayService(registry, settings, PolicyEngine.load(policies), audit, source_roots=roots)
     server = MeshFlightServer("grpc://127.0.0.1:0", service, principal_for=lambda _context: principal)
     return service, server, f"grpc://127.0.0.1:{server.port}"
+
+
+def data_folders(registry: Registry) -> list[Path]:
+    """The folders holding the file sources registered now: a test gateway's source roots."""
+    from connectors.base import SourceConfig
+    from gateway.source_roots import FILE_CONNECTORS
+
+    return sorted({SourceConfig(d.source.connector, d.source.uri, d.base_dir).local_path().parent
+                   for versions in registry.catalog(max_age=0).versions.values() for d in versions
+                   if d.source.connector in FILE_CONNECTORS})
 
 
 def build_live_mesh(tmp: Path, pg_uri: str, scale: float = 0.02) -> LiveMesh:

@@ -26,10 +26,11 @@ from gateway.cli import load_descriptors
 from gateway.descriptor import Descriptor, validate
 from gateway.errors import InvalidDescriptor, InvalidQuery, NotFound, PermissionDenied
 from gateway.registry import Registry
+from gateway.source_roots import SourceRoots
 from gateway.service import GatewayService
 from policies import ANONYMOUS, Principal
 from policies.engine import PolicyEngine
-from tests.mesh import OPEN_POLICIES, LiveMesh, oracle_answer, rows_equal, start_gateway
+from tests.mesh import OPEN_POLICIES, LiveMesh, data_folders, oracle_answer, rows_equal, start_gateway
 from tests.test_governance_enforcement import ALICE, GOVERNED_VIEW, MASKED, PER_COLUMN, POLICIES, ROW_FILTER, for_oracle
 
 pytestmark = pytest.mark.postgres
@@ -96,7 +97,8 @@ def _typed_view(d: Descriptor, query: str | None = None) -> str:
 
 def _service(registry: Registry, policies: Path) -> GatewayService:
     audit = AuditLog(registry.path.parent / f"audit-{uuid.uuid4().hex[:8]}.log")
-    return GatewayService(registry, policies=PolicyEngine.load(policies), audit=audit)
+    return GatewayService(registry, policies=PolicyEngine.load(policies), audit=audit,
+                          source_roots=SourceRoots.of([registry.path.parent, *data_folders(registry)]))
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +290,7 @@ def test_a_cycle_or_retired_input_found_at_query_time_is_an_error(registry: Regi
     try:
         with pytest.raises(InvalidQuery, match=r"reads itself: analytics\.ring_\w -> analytics\.ring_\w -> analytics\.ring_\w"):
             run(service, "SELECT * FROM analytics.ring_b")
-        with pytest.raises(NotFound, match=r"analytics\.old_orders 1\.0\.0 reads unknown data product 'orders\.order_items'"):
+        with pytest.raises(NotFound, match=r"analytics\.old_orders 1\.0\.0 reads data product 'orders\.order_items' was retired"):
             run(service, "SELECT * FROM analytics.old_orders")
     finally:
         service.close()

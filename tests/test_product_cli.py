@@ -241,7 +241,8 @@ def test_demo_products_validate_and_pass_their_error_gates(meshgate, live_mesh) 
     files = sorted(live_mesh.mesh.products_dir.rglob("*.yaml"))
     assert files
     for file in files:
-        result = meshgate("product", "validate", str(file), "--source-root", str(live_mesh.mesh.products_dir.parent))
+        result = meshgate("product", "validate", str(file), "--source-root", str(live_mesh.mesh.products_dir.parent),
+                          "--registry", str(live_mesh.registry.path))  # derived products' inputs are registered there
         assert result.code == 0, (file, result.err)
     for product_id in live_mesh.registry.catalog(max_age=0).versions:
         result = meshgate("product", "check", product_id, "--registry", str(live_mesh.registry.path),
