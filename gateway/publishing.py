@@ -321,5 +321,5 @@ def _gates_not_run(d: Descriptor, reason: str, add: Callable[[str, str, str], No
 
 
 def _add_result(result: RuleResult, add: Callable[[str, str, str], None]) -> None:
-    status = "passed" if result.passed else "failed" if result.blocks else "warning"
+    status = "passed" if result.passed else "skipped" if result.skipped else "failed" if result.blocks else "warning"
     add(f"quality.{result.name}", status, f"{result.path}: {result.describe()}" if result.path else result.describe())
