@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
@@ -270,7 +271,8 @@ PRODUCTS: tuple[_Product, ...] = (
     _Product(
         domain="orders",
         name="orders",
-        description="Orders placed in the web shop in 2024; one row per order, totals in the order's currency.",
+        description="Orders placed in the web shop over the year before the demo data was made; one row per order, "
+                    "totals in the order's currency.",
         tags=("sales",),
         schema=(
             _col("order_id", "int64", "Order number", required=True, primary_key=True),
@@ -285,7 +287,7 @@ PRODUCTS: tuple[_Product, ...] = (
                 SELECT r.i + 1 AS order_id,
                        1 + floor(pow(rnd('order.customer', r.i), 1.6) * getvariable('customers'))::BIGINT
                            AS customer_id,
-                       TIMESTAMPTZ '2024-01-01 00:00:00+00' + to_seconds(
+                       getvariable('start') + to_seconds(
                            (r.i * 31622400 // getvariable('orders') + floor(rnd('order.ts', r.i) * 300))::BIGINT
                        ) AS order_ts
                 FROM range(getvariable('orders')) AS r(i)
@@ -293,7 +295,7 @@ PRODUCTS: tuple[_Product, ...] = (
                 SELECT order_id, sum(quantity * unit_price) AS total_amount FROM orders.order_items GROUP BY order_id
             )
             SELECT p.order_id, p.customer_id, p.order_ts,
-                   CASE WHEN p.order_ts >= TIMESTAMPTZ '2024-12-17 00:00:00+00'
+                   CASE WHEN p.order_ts >= getvariable('start') + INTERVAL 351 DAY
                         THEN pick(['pending', 'processing', 'shipped'], [15, 25, 60], 'order.status', p.order_id)
                         ELSE pick(['delivered', 'cancelled', 'returned'], [86, 8, 6], 'order.status', p.order_id)
                    END AS status,
@@ -390,7 +392,8 @@ PRODUCTS: tuple[_Product, ...] = (
                 SELECT o.order_id, o.status,
                        1 + floor(rnd('shipment.carrier', o.order_id) * (SELECT count(*) FROM shipping.carriers))
                            ::INTEGER AS carrier_id,
-                       CAST(o.order_ts AS DATE) + floor(rnd('shipment.pick', o.order_id) * 3)::INTEGER AS shipped_on
+                       least(CAST(o.order_ts AS DATE) + floor(rnd('shipment.pick', o.order_id) * 3)::INTEGER,
+                             CAST(getvariable('made_at') AS DATE)) AS shipped_on
                 FROM orders.orders AS o WHERE o.status IN ('shipped', 'delivered', 'returned')
             )
             SELECT row_number() OVER (ORDER BY s.order_id) AS shipment_id, s.order_id, s.carrier_id, s.shipped_on,
@@ -765,6 +768,11 @@ def _generator(seed: int, scale: float) -> duckdb.DuckDBPyConnection:
     con.execute("SET VARIABLE seed = $1", [seed])
     con.execute("SET VARIABLE customers = $1", [max(1, round(_BASE_CUSTOMERS * scale))])
     con.execute("SET VARIABLE orders = $1", [max(1, round(_BASE_ORDERS * scale))])
+    # The data covers the 366 days up to two hours before it is made, so a fresh demo meets its
+    # freshness SLAs (and its cache serves hits); payments land up to ~1 h after their order.
+    made_at = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    con.execute("SET VARIABLE made_at = $1::TIMESTAMPTZ", [made_at])
+    con.execute("SET VARIABLE start = $1::TIMESTAMPTZ", [made_at - timedelta(days=366, hours=2)])
     con.execute(_SQL_MACROS)
     names = ("code", "weight", "currency", "email_domain", "family_first", "separator", "given_names", "family_names")
     countries = pa.Table.from_pylist([dict(zip(names, row)) for row in _COUNTRIES])
