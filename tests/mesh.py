@@ -143,9 +143,8 @@ class Clock:
 
 def demo_clock(registry: Registry, after: float = 3600.0) -> Clock:
     """A clock ``after`` seconds past the oldest of the newest freshness-column values of the
-    registered products (the demo's data is from 2024/25: by the real clock every product with a
-    freshness SLA is long past it, and the cache rightly bypasses them); the real time when no
-    product declares a freshness column."""
+    registered products, so that cache ages in tests are exact whenever the data was generated;
+    the real time when no product declares a freshness column."""
     from gateway.sources import SourceManager
     from gateway.watermarks import freshness_column
 
