@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -200,6 +200,7 @@ class SearchResults:
 class _Entry:
     descriptor: Descriptor
     versions: tuple[str, ...]
+    deprecated: bool = False  # its newest version is deprecated (still queryable, ranked lower)
 
 
 _FIELD_BITS = {name: 1 << n for n, name in enumerate(FIELD_WEIGHTS)}
@@ -229,7 +230,8 @@ class _Index:
         postings: dict[str, tuple[list[int], list[int]]] = {}  # word -> (entries, field masks)
         previous = analyses or {}
         for i, d in enumerate(catalog.products()):
-            self.entries.append(_Entry(d, tuple(m.version for m in catalog.majors(d.product_id))))
+            self.entries.append(_Entry(d, tuple(m.version for m in catalog.majors(d.product_id)),
+                                       catalog.deprecation(d) is not None))
             self.by_name.setdefault(d.name, []).append(i)
             self.by_name.setdefault(d.product_id, []).append(i)
             by_domain.setdefault(d.domain, []).append(i)
@@ -449,6 +451,7 @@ class CatalogSearch:
         raw = np.log1p(queries) + 2 * np.log1p(consumers)
         top = float(raw.max()) if raw.size and raw.max() > 0 else 1.0
         health = [self._health_map.get(e.descriptor.product_id, UNKNOWN_HEALTH) for e in index.entries]
+        health = [replace(h, status="deprecated") if e.deprecated else h for h, e in zip(health, index.entries)]
         signals = _Signals(
             key, queries, consumers, np.array([t for _, _, t in used], np.float64), np.round(10 * raw / top, 1), health,
             (1 + 0.5 * raw / top) * np.array([health_boost(h) for h in health], np.float64),
@@ -617,19 +620,27 @@ def search_as(service: Any, principal: Any, text: str = "", **filters: Any) -> S
 def registry_health(registry: Any) -> HealthSource:
     """Health from the SLA monitor's newest check of each product, kept in the registry database
     (``gateway/sla_monitor.py``): a breached condition or a failed probe is an SLA not met, and the
-    check's quality score is the product's. The checks are re-read only when a new one was
-    recorded (their newest id changed), so asking every few seconds costs one indexed lookup."""
+    check's quality score is the product's; a product the monitor has not checked takes the score
+    of its newest quality run (``meshgate product check``, registration). Both are re-read only
+    when a new check was recorded (their newest ids changed), so asking every few seconds costs
+    two indexed lookups."""
     from gateway.sla_monitor import store_for
 
     store = store_for(registry)
     lock = threading.Lock()
-    seen: list[Any] = [None, {}]  # newest check id, health map
+    seen: list[Any] = [None, {}]  # newest check ids, health map
 
     def health() -> Mapping[str, Health]:
         with lock:
-            newest = store.newest_id()
+            newest = (store.newest_id(), registry.quality_generation())
             if newest != seen[0]:
-                seen[:] = [newest, {pid: _sla_health(status) for pid, status in store.latest_all().items()}]
+                scores = registry.latest_quality_scores()
+                monitored = {pid: _sla_health(status) for pid, status in store.latest_all().items()}
+                merged = {pid: Health(quality_score=score) for pid, score in scores.items()}
+                for pid, sla in monitored.items():
+                    quality = sla.quality_score if sla.quality_score is not None else scores.get(pid)
+                    merged[pid] = replace(sla, quality_score=quality)
+                seen[:] = [newest, merged]
             return seen[1]
 
     return health

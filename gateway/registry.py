@@ -375,6 +375,18 @@ class Registry:
             return None
         return float(row[0]), row[1], float(row[2]), json.loads(row[3])
 
+    def quality_generation(self) -> int:
+        """Changes only when a quality run is recorded: lets bulk readers skip re-reading."""
+        return int(self._connect().execute("SELECT coalesce(max(rowid), 0) FROM quality_checks").fetchone()[0])
+
+    def latest_quality_scores(self) -> dict[str, float]:
+        """Every product's most recent quality score, in one read (for ranking)."""
+        rows = self._connect().execute(
+            "SELECT product_id, score FROM quality_checks AS q WHERE rowid = (SELECT rowid FROM quality_checks "
+            "WHERE product_id = q.product_id ORDER BY checked_at DESC, rowid DESC LIMIT 1)"
+        ).fetchall()
+        return {pid: float(score) for pid, score in rows}
+
     def generation(self) -> int:
         return int(self._connect().execute("SELECT value FROM registry_meta WHERE key='generation'").fetchone()[0])
 

@@ -170,6 +170,33 @@ def test_unhealthy_products_rank_lower(tmp_path: Path) -> None:
         service.close()
 
 
+def test_quality_runs_and_deprecation_rank_lower(mesh: GatewayService) -> None:
+    """Without SLA checks, a product's newest quality run (``product check``, registration) is its
+    quality score; a deprecated newest version ranks lower still, and each says why."""
+    registry = mesh.registry
+    assert ids(search_as(mesh, ALICE, "metrics")) == ["finance.weekly_metrics", "marketing.daily_metrics"]
+    weekly = registry.catalog(max_age=0).resolve("finance", "weekly_metrics")
+    registry.record_quality(weekly.product_id, weekly.version, _results(passed=1, failed=3))
+    deadline = time.monotonic() + 5  # health is re-read at most once a second
+    while ids(results := search_as(mesh, ALICE, "metrics"))[0] != "marketing.daily_metrics" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ids(results) == ["marketing.daily_metrics", "finance.weekly_metrics"]
+    assert results.hits[1].health.quality_score == pytest.approx(0.25)
+    assert "quality score 0.25 (ranked lower)" in results.hits[1].why
+    daily = registry.catalog(max_age=0).resolve("marketing", "daily_metrics")
+    registry.set_status(daily.product_id, [daily.version], "deprecated", "admin", reason="replaced by finance.weekly_metrics")
+    deadline = time.monotonic() + 5
+    while ids(results := search_as(mesh, ALICE, "metrics"))[0] != "finance.weekly_metrics" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ids(results)[0] == "finance.weekly_metrics"
+    deprecated = results.hits[1]
+    assert deprecated.health.status == "deprecated" and "ranked lower: deprecated" in deprecated.why
+
+
+def _results(passed: int, failed: int) -> list[dict[str, Any]]:
+    return [{"name": f"rule{i}", "severity": "error", "passed": i < passed} for i in range(passed + failed)]
+
+
 def test_health_boost() -> None:
     """Breached SLA halves, quality scales, never-checked sits just below checked and good."""
     assert health_boost(Health(quality_score=1.0, sla_met=True)) == 1.0
