@@ -1,6 +1,7 @@
 """A real REST API for tests: ``create_app`` over a GatewayService on the live demo mesh, served by
 uvicorn on a socket, sharing its ``Authenticator`` with a Flight SQL server (so tokens from either
-side work on both), with users alice and bob (analysts in DE and US) and carol (admin)."""
+side work on both), with users alice and bob (analysts in DE and US), carol (admin) and olivia (an
+analyst who owns the logistics domain)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ from policies.engine import PolicyEngine
 from tests.mesh import demo_clock
 
 GOVERNED = Path(__file__).parent / "policies" / "governed"
-PASSWORDS = {"alice": "alice-Pw-1", "bob": "bob-Pw-22", "carol": "carol-Pw-333"}
+PASSWORDS = {"alice": "alice-Pw-1", "bob": "bob-Pw-22", "carol": "carol-Pw-333", "olivia": "olivia-Pw-4444"}
 
 
 def write_users(path: Path) -> None:
     add_user(path, "alice", PASSWORDS["alice"], ["analyst"], {"region": "DE", "only_succeeded": True})
     add_user(path, "bob", PASSWORDS["bob"], ["analyst"], {"region": "US", "only_succeeded": False})
     add_user(path, "carol", PASSWORDS["carol"], ["admin"], {"region": "FR"})
+    add_user(path, "olivia", PASSWORDS["olivia"], ["analyst", "owner:logistics"], {"region": "DE", "only_succeeded": True})
 
 
 def basic(user: str, password: str | None = None) -> str:

@@ -7,11 +7,11 @@ Add a concern as a module with an ``APIRouter`` named ``router`` and list it her
 
 from __future__ import annotations
 
-from gateway.rest import auth, catalog, health, lineage, policy, queries, query, sla
+from gateway.rest import auth, catalog, health, lineage, policy, products, queries, query, sla
 from gateway.rest.app import ApiError, HttpServer, caller, create_app, serve_http
 
-ROUTERS = (health.router, auth.router, query.router, policy.router, queries.router, sla.router, catalog.router,
-           lineage.router)
+ROUTERS = (health.router, auth.router, query.router, products.router, policy.router, queries.router, sla.router,
+           catalog.router, lineage.router)
 """Every router the app serves."""
 
 __all__ = ["ROUTERS", "ApiError", "HttpServer", "caller", "create_app", "serve_http"]

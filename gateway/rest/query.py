@@ -120,7 +120,7 @@ def visible_product(service: Any, principal: Principal, product_id: str) -> Desc
     domain, dot, name = product_id.partition(".")
     if not dot or not domain or not name:
         raise NotFound(f"'{product_id}' is not a product id: write domain.product (or domain.product@MAJOR)")
-    descriptor = service.catalog().resolve(domain, name)
+    descriptor = service.registry.catalog(max_age=0).resolve(domain, name)  # read your writes
     if not service.may_read(principal, descriptor):
         raise NotFound(f"unknown data product '{product_id}'")
     return descriptor
