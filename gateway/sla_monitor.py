@@ -12,8 +12,10 @@ A check of one product (``measure``) asks its source, through the gateway's pool
   count of the same version, as a percentage capped at 100. A table that grows or stays is
   100 % complete; one that lost rows since the last check (a truncated or partial load) is less,
   once: the next check compares with the new count.
-- **quality**: the contract's ``spec.quality`` rules, run at the source (``gateway/quality.py``);
-  the score is the share of rules that passed.
+- **quality**: the contract's rules (``spec.quality`` and its column constraints), run at the
+  source (``gateway/quality.py``); the score is ``quality.score``: the share of rules that
+  passed, a rule the source cannot express (skipped) not counting. Each run is also recorded
+  through ``Registry.record_quality``, beside the quality runs of publication.
 
 Each check is recorded, in one transaction with what it is computed from (the availability
 window, the previous row count), in the registry database's ``sla_checks`` table (``SlaStore``);
@@ -48,7 +50,7 @@ from gateway import metrics
 from gateway.alerts import Alert, AlertSink
 from gateway.cache import parse_duration
 from gateway.descriptor import Descriptor
-from gateway.quality import rules, run_gates
+from gateway import quality as gates
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ class Measurement:
     as_of: float | None = None  # Unix time of the newest data
     freshness_basis: str = "unknown"
     row_count: int | None = None
-    quality: tuple[dict[str, Any], ...] = ()  # per rule: name, severity, passed, failing_rows, error
+    quality: tuple[dict[str, Any], ...] = ()  # per rule, as ``RuleResult.to_json()``
     problems: tuple[str, ...] = ()  # measurements that failed although the probe answered
 
 
@@ -301,14 +303,9 @@ def measure(descriptor: Descriptor, connector: Connector, targets: SlaTargets, c
         except Exception as err:  # noqa: BLE001
             problems.append(f"row count: {_message(err)}")
     quality: tuple[dict[str, Any], ...] = ()
-    if rules(descriptor):
+    if gates.rules(descriptor):
         try:
-            quality = tuple(
-                {"name": r.name, "severity": r.severity, "passed": r.passed, "failing_rows": r.failing_rows,
-                 "total_rows": r.total_rows, "error": r.error}
-                for r in run_gates(descriptor, connector)
-                if not r.skipped  # the source cannot check it (a pattern on SQLite): not a failure
-            )
+            quality = tuple(r.to_json() for r in gates.run_gates(descriptor, connector))
         except Exception as err:  # noqa: BLE001
             problems.append(f"quality: {_message(err)}")
     return Measurement(**base, seconds=time.perf_counter() - t0, available=True, probe_ms=probe_ms, as_of=as_of,
@@ -322,7 +319,8 @@ def judge(measured: Measurement, targets: SlaTargets, probes: tuple[int, int], p
     completeness = None
     if measured.row_count is not None and previous_rows is not None:
         completeness = 100.0 if previous_rows == 0 else min(100.0, 100.0 * measured.row_count / previous_rows)
-    score = sum(1 for q in measured.quality if q["passed"]) / len(measured.quality) if measured.quality else None
+    checked = [q for q in measured.quality if not q.get("skipped")]  # skipped: the source cannot express the rule
+    score = gates.score(checked) if checked else None
     breaches: dict[str, str] = {}
     if targets.freshness is not None and age is not None and age > targets.freshness:
         breaches["freshness"] = (f"data is {format_seconds(age)} old ({measured.freshness_basis} = "
@@ -335,7 +333,7 @@ def judge(measured: Measurement, targets: SlaTargets, probes: tuple[int, int], p
         breaches["completeness"] = (f"{measured.row_count} rows, {completeness:.2f}% of the previous check's "
                                     f"{previous_rows}; the SLA is {targets.completeness:g}%")
     if targets.quality_threshold is not None and score is not None and score < targets.quality_threshold:
-        failed = ", ".join(q["name"] for q in measured.quality if not q["passed"])
+        failed = ", ".join(q["name"] for q in checked if not q["passed"])
         breaches["quality"] = f"quality score {score:.3f} < {targets.quality_threshold:g} (failing: {failed})"
     return SlaStatus(
         product_id=measured.product_id, version=measured.version, checked_at=measured.started_at,
@@ -555,6 +553,11 @@ class SlaMonitor:
             log.exception("SLA monitor: could not record the check of %s", measured.product_id)
             return None
         _export(status)
+        if measured.quality:
+            try:
+                self.registry.record_quality(status.product_id, status.version, measured.quality, status.checked_at)
+            except Exception:  # noqa: BLE001
+                log.exception("SLA monitor: could not record the quality run of %s", status.product_id)
         before = previous.breaches if previous is not None else {}  # a new version inherits its open alerts
         for condition in CONDITIONS:
             if condition in status.breaches and condition not in before:
@@ -592,7 +595,7 @@ def _export(status: SlaStatus) -> None:
     if status.quality_score is not None:
         metrics.PRODUCT_QUALITY_SCORE.labels(product).set(status.quality_score)
     for q in status.quality:
-        if not q["passed"]:
+        if not q["passed"] and not q.get("skipped"):
             metrics.PRODUCT_VALIDATION_FAILURES.labels(product, q["name"]).inc()
     for condition in CONDITIONS:
         metrics.PRODUCT_SLA_BREACHED.labels(product, condition).set(1 if condition in status.breaches else 0)

@@ -216,6 +216,9 @@ def test_completeness_and_quality_breaches(tmp_path: Path, receiver: Receiver) -
         assert [(q["name"], q["passed"]) for q in status.quality] == [
             ("amount_positive", False), ("id_present", True), ("id.required", True)]
         assert status.quality_score == 0.6667
+        score, version, checked_at, results = registry.latest_quality("shop.orders")  # recorded through the registry
+        assert (round(score, 4), version, checked_at) == (0.6667, "1.0.0", status.checked_at)
+        assert [r["name"] for r in results if not r["passed"]] == ["amount_positive"]
         assert set(status.breaches) == {"completeness", "quality"}
         assert "failing: amount_positive" in status.breaches["quality"]
         assert metric("product_quality_score", product_id="shop.orders") == 0.6667

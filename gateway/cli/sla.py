@@ -29,6 +29,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--timeout", type=float, default=30.0, help="seconds one product's check may take (default 30)")
     check.add_argument("--alert-webhook", default=None, metavar="URL", help="POST alerts (JSON) to this URL")
     check.add_argument("--format", choices=("table", "json"), default="table")
+    check.add_argument("--source-root", type=Path, action="append", default=[], metavar="DIR",
+                       help="file sources must lie under one of these folders, as for `meshgate serve` (repeatable; "
+                            "default: $MESHGATE_SOURCE_ROOTS, else $MESHGATE_HOME and the registry's folder)")
     status = sla.add_parser("status", help="the recorded checks (no source is contacted)")
     status.add_argument("product", nargs="?", help="one product (domain.name) with its history; default: every product's latest")
     status.add_argument("--registry", type=Path, default=None)
@@ -42,6 +45,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn
 
     from gateway.alerts import AlertSink
+    from gateway.cli.common import source_roots
     from gateway.sla_monitor import SlaMonitor
     from gateway.sources import SourceManager
 
@@ -51,7 +55,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ValueError as err:
         stderr.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
         return 2
-    sources = SourceManager()
+    sources = SourceManager(source_roots(args.source_root, [], registry.path, []))
     monitor = SlaMonitor(registry, sources.connector_for, alerts, check_timeout=args.timeout)
     wanted = [_monitored(monitor, args.product)] if args.product else None
     total = len(wanted) if wanted else len(monitor.monitored())
@@ -121,8 +125,9 @@ def _print(statuses: list, fmt: str, times: bool = False) -> None:  # noqa: ANN0
         completeness = "-" if s.completeness is None else f"{s.completeness:.2f}%"
         if t.completeness is not None:
             completeness += f" (SLA {t.completeness:g}%)"
-        passed = sum(1 for q in s.quality if q["passed"])
-        quality = "-" if s.quality_score is None else f"{s.quality_score:.2f} ({passed}/{len(s.quality)} rules)"
+        checked = [q for q in s.quality if not q.get("skipped")]
+        passed = sum(1 for q in checked if q["passed"])
+        quality = "-" if s.quality_score is None else f"{s.quality_score:.2f} ({passed}/{len(checked)} rules)"
         if t.quality_threshold is not None and s.quality_score is not None:
             quality += f" (SLA {t.quality_threshold:g})"
         if not s.available:
