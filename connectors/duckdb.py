@@ -60,10 +60,16 @@ class DuckDBEngineConnector(PooledConnector[duckdb.DuckDBPyConnection]):
         conn.interrupt()
 
     def close(self) -> None:
+        """Close the idle cursors and the database. A scan still running in another thread (a
+        cancelled query's fetch winding down) keeps the database busy and DuckDB refuses to
+        close it then: it is dropped instead, and closes when that last cursor is released."""
         super().close()
         with self._database_lock:
             if self._database is not None:
-                self._database.close()
+                try:
+                    self._database.close()
+                except duckdb.Error:
+                    pass
                 self._database = None
 
 

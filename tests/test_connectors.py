@@ -775,3 +775,29 @@ def test_flightsql_closed_port_is_unavailable(free_port: Callable[[], int], conn
     with pytest.raises(SourceUnavailable, match=rf"^source flightsql:grpc://alice:\*\*\*@127.0.0.1:{port} failed: "):
         read(connector, "SELECT 1")
     assert time.monotonic() - started < 10
+
+
+def test_duckdb_closes_while_a_cancelled_scan_winds_down(tmp_path: Path) -> None:
+    """Shutting the gateway down right after a query failed must not raise because a fragment of
+    it is still running in DuckDB (DuckDB refuses to close a busy database)."""
+    path = tmp_path / "big.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE t AS SELECT range AS x FROM range(3000)")
+    con.close()
+    connector = DuckDBConnector(SourceConfig("duckdb", str(path), None))
+    scan = connector.scan("SELECT count(*) FROM t a, t b, t c WHERE a.x + b.x + c.x = 7")  # runs for minutes
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            scan.reader.read_all()
+        except BaseException as err:  # noqa: BLE001
+            outcome.append(err)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)  # the query is running
+    connector.close()  # DuckDB raised ResourceInUseException here
+    scan.cancel()
+    reader.join(30)
+    assert not reader.is_alive() and isinstance(outcome[0], QueryCancelled)
