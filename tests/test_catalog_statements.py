@@ -45,7 +45,7 @@ def test_information_schema_is_queryable_like_any_table(live_mesh: LiveMesh) -> 
         "SELECT table_schema, count(*) AS columns FROM information_schema.columns "
         "WHERE table_name NOT LIKE '%@%' GROUP BY table_schema ORDER BY table_schema",
     )
-    assert {r["table_schema"]: r["columns"] for r in result}["orders"] == 11  # orders (6) + order_items (5)
+    assert {r["table_schema"]: r["columns"] for r in result}["orders"] == 16  # orders (6), order_items (5), revenue_by_country (5)
 
 
 def test_adbc_metadata_calls_against_the_live_mesh(live_mesh: LiveMesh) -> None:
