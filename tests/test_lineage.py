@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
 from gateway.audit import AuditLog
 from gateway.cli import load_descriptors
@@ -247,3 +248,28 @@ def test_impact_names_downstream_products_and_recent_consumers(registry: Registr
     consumers = {name: (queries, via) for name, queries, _, via in found.consumers}
     assert consumers == {"alice": (2, ["finance.report"]), "bob": (1, ["customers.customers"])}
     assert impact(registry.catalog(), "finance.report", tmp_path / "audit.log").downstream == []
+
+
+def test_product_diff_names_who_a_breaking_change_would_hit(registry: Registry, live_mesh: LiveMesh, tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.log")
+    log.begin(Principal("alice", frozenset({"analyst"}), {}), "SELECT * FROM finance.report",
+              products=[("finance.report", "1.0.0")])
+    log.close()
+    doc = yaml.safe_load((live_mesh.mesh.products_dir / "customers" / "customers.yaml").read_text())
+    doc["metadata"]["version"] = "1.1.0"
+    doc["spec"]["schema"] = [c for c in doc["spec"]["schema"] if c["name"] != "is_active"]  # dropping a column breaks
+    path = tmp_path / "customers.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = meshgate("product", "diff", str(path), "--registry", str(registry.path), "--audit-log", str(tmp_path / "audit.log"))
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "BREAKING spec.schema.is_active" in out
+    assert ("impact: downstream products (4): orders.revenue_by_country, finance.de_revenue, logistics.carrier_mix, "
+            "finance.report") in out
+    assert "alice: 1 query, last" in out and "via finance.report" in out
+    doc = yaml.safe_load((live_mesh.mesh.products_dir / "customers" / "customers.yaml").read_text())
+    doc["metadata"]["version"] = "1.1.0"
+    doc["metadata"]["description"] = "Said better."  # no breaking change: no impact section
+    path.write_text(yaml.safe_dump(doc))
+    quiet = meshgate("product", "diff", str(path), "--registry", str(registry.path), "--audit-log", str(tmp_path / "audit.log"))
+    assert quiet.returncode == 0 and "impact:" not in quiet.stdout

@@ -77,6 +77,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     diff = product.add_parser("diff", help="changes against the newest registered version, breaking ones marked")
     diff.add_argument("file", type=Path, help="a descriptor file")
     diff.add_argument("--registry", type=Path, default=None)
+    diff.add_argument("--audit-log", type=Path, default=None,
+                      help="where a breaking change's recent consumers are read (default: audit.log beside the registry)")
+    diff.add_argument("--days", type=int, default=30, help="how far back consumers count as recent (default 30)")
 
     for verb, status, text in (("deprecate", "deprecated", "mark a product, major or version deprecated (still queryable, flagged)"),
                                ("retire", "retired", "retire a deprecated product, major or version after its notice period (no longer queryable)")):
@@ -311,6 +314,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
         stdout.print(f"{len(breaking)} breaking change(s): allowed, {new.version} is a new major version", highlight=False)
     if any(c.governance for c in changes):
         stdout.print("weakens governance: publishing this needs role admin", highlight=False)
+    if breaking:  # who it would hit: downstream products and their recent consumers
+        from gateway.cli.lineage import print_impact
+
+        print_impact(args.registry, f"{previous.product_id}@{previous.major}", args.audit_log, args.days)
     return 0
 
 
