@@ -43,14 +43,14 @@ from typing import Any, Callable
 import adbc_driver_flightsql.dbapi as flightsql
 
 from gateway.audit import AuditLog
-from gateway.cache import FRAGMENT, RESULT, ResultCache
+from gateway.cache import RESULT, ResultCache
 from gateway.cli import load_descriptors
 from gateway.demo_data import generate_demo_mesh
 from gateway.flight.server import MeshFlightServer
 from gateway.registry import Registry
 from gateway.service import GatewayService, Settings
 from gateway.sources import SourceManager
-from gateway.watermarks import freshness_column
+from gateway.watermarks import stalest_newest_data
 from policies import ANONYMOUS
 from policies.engine import PolicyEngine
 
@@ -111,17 +111,12 @@ def data_clock(registry: Registry, after: float = 3600.0) -> Callable[[], float]
     """Wall time shifted so that it is ``after`` seconds past the oldest of the products' newest
     freshness-column values (see the module docstring)."""
     sources = SourceManager()
-    newest = []
     try:
-        for d in registry.catalog().products():
-            column = freshness_column(d)
-            if column is not None:
-                found = sources.connector_for(d).freshness(d.source.table, d.source.query, column)
-                if found.as_of is not None:
-                    newest.append(found.as_of.timestamp())
+        newest = stalest_newest_data(registry.catalog().products(), sources.connector_for)
     finally:
         sources.close()
-    offset = time.time() - (min(newest) + after)
+    assert newest is not None, "the dashboard's products declare freshness columns"
+    offset = time.time() - (newest + after)
     return lambda: time.time() - offset
 
 

@@ -43,6 +43,7 @@ from sqlglot import exp
 
 from gateway.descriptor import DURATION, Descriptor, load_yaml
 from gateway.types import parse_type
+from policies.loader import dotted_path
 
 _LOGICAL = {  # ODCS logicalType -> contract type, refined by logicalTypeOptions below
     "string": "string", "integer": "int64", "number": "double", "boolean": "boolean", "date": "date",
@@ -94,17 +95,10 @@ def schema_problems(document: Any) -> list[str]:
     validator = Draft201909Validator(_json_schema())
     problems = []
     for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
-        problem = f"{_odcs_path(error.absolute_path) or '(document)'}: {error.message}"
+        problem = f"{dotted_path(error.absolute_path) or '(document)'}: {error.message}"
         if problem not in problems:
             problems.append(problem)
     return problems
-
-
-def _odcs_path(parts: Any) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 # --- import: contract_ref -> spec.schema / spec.quality -----------------------------------------

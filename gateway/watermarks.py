@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from connectors.base import Connector
 from gateway.descriptor import Descriptor
@@ -32,6 +32,21 @@ def freshness_column(descriptor: Descriptor) -> str | None:
     sla = descriptor.raw.get("spec", {}).get("sla") or {}
     column = sla.get("freshness_column") if isinstance(sla, dict) else None
     return column if isinstance(column, str) else None
+
+
+def stalest_newest_data(descriptors: Iterable[Descriptor], connector_for: Callable[[Descriptor], Connector]) -> float | None:
+    """The oldest of the products' newest freshness-column values (epoch seconds): the moment by
+    which every product with a freshness column had data. Benchmarks and tests set their cache
+    clock relative to it, so that ages are the same whenever the data was generated. None when
+    no product declares a freshness column or none has data."""
+    newest = []
+    for d in descriptors:
+        column = freshness_column(d)
+        if column is not None:
+            found = connector_for(d).freshness(d.source.table, d.source.query, column)
+            if found.as_of is not None:
+                newest.append(found.as_of.timestamp())
+    return min(newest) if newest else None
 
 
 @dataclass

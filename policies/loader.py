@@ -44,7 +44,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import sqlglot
 import yaml
@@ -245,7 +245,7 @@ class _Document:
                 if at[:n] in self.lines:
                     line = self.lines[at[:n]]
                     break
-        where = _dotted(at)
+        where = dotted_path(at)
         self.problems.append(f"{self.path}:{line}: {where + ': ' if where else ''}{message}")
 
     # -- lists, pass 1 --
@@ -573,7 +573,8 @@ class _Document:
         return value
 
 
-def _dotted(at: Path_) -> str:
+def dotted_path(at: Iterable[str | int]) -> str:
+    """``access[0].effect`` from ("access", 0, "effect"): how every file error names its place."""
     text = ""
     for part in at:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))

@@ -146,20 +146,14 @@ def demo_clock(registry: Registry, after: float = 3600.0) -> Clock:
     registered products, so that cache ages in tests are exact whenever the data was generated;
     the real time when no product declares a freshness column."""
     from gateway.sources import SourceManager
-    from gateway.watermarks import freshness_column
+    from gateway.watermarks import stalest_newest_data
 
     sources = SourceManager()
-    newest = []
     try:
-        for d in registry.catalog().products():
-            column = freshness_column(d)
-            if column is not None:
-                found = sources.connector_for(d).freshness(d.source.table, d.source.query, column)
-                if found.as_of is not None:
-                    newest.append(found.as_of.timestamp())
+        newest = stalest_newest_data(registry.catalog().products(), sources.connector_for)
     finally:
         sources.close()
-    return Clock(min(newest) + after if newest else time.time())
+    return Clock(newest + after if newest is not None else time.time())
 
 
 # --- comparing answers ------------------------------------------------------------------------
