@@ -146,11 +146,12 @@ def test_query_past_its_timeout_is_cancelled_at_the_source(live_mesh: LiveMesh, 
     assert_still_serving(uri)
 
 
-def _sleeping_queries(pg_uri: str) -> int:
+def _sleeping_queries(pg_uri: str, call: str = "pg_sleep(20)") -> int:
     conn = psycopg2.connect(pg_uri)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%pg_sleep(20)%' AND state = 'active' AND pid <> pg_backend_pid()")
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE query ILIKE %s AND state = 'active' AND pid <> pg_backend_pid()",
+                        (f"%{call}%",))
             return cur.fetchone()[0]
     finally:
         conn.close()
@@ -246,7 +247,7 @@ def test_secrets_in_uris_never_reach_explain_or_errors(tmp_path: Path, pg_uri: s
         service.close()
 
 
-def test_sigterm_drains_running_queries_then_exits(tmp_path: Path, live_mesh: LiveMesh, free_port) -> None:  # noqa: ANN001
+def test_sigterm_drains_running_queries_then_exits(tmp_path: Path, live_mesh: LiveMesh, free_port, pg_uri: str) -> None:  # noqa: ANN001
     port = free_port()
     env = {**os.environ, "MESHGATE_HOME": str(tmp_path)}
     process = subprocess.Popen(
@@ -261,10 +262,13 @@ def test_sigterm_drains_running_queries_then_exits(tmp_path: Path, live_mesh: Li
         _wait_until_serving(uri)
         result: dict[str, object] = {}
         slow = threading.Thread(
-            target=lambda: result.update(table=run(uri, "SELECT pg_sleep(1.5) AS s, name FROM shipping.carriers LIMIT 1"))
+            target=lambda: result.update(table=run(uri, "SELECT pg_sleep(2) AS s, name FROM shipping.carriers LIMIT 1"))
         )
         slow.start()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 20  # SIGTERM once the query runs at the source, however loaded the machine
+        while not _sleeping_queries(pg_uri, "pg_sleep(2)") and slow.is_alive():
+            assert time.monotonic() < deadline, "the query never reached PostgreSQL"
+            time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         slow.join(timeout=20)
         assert result.get("table") is not None and result["table"].num_rows == 1  # type: ignore[union-attr]
