@@ -17,7 +17,9 @@ key, so entries of the old one are never served again (they age out of the LRU).
 Freshness (see ``ProductFreshness``).  An entry remembers, per product, when the data in it was
 current (``as_of``): the moment it was fetched, or, where the product declares
 ``sla.freshness_column``, the newest value of that column at that moment (so the source data's
-own age counts).  An entry is served only while every product's age is below its
+own age counts).  A derived product (a query over other products) is in an entry too, with its
+own ``sla.freshness``: its data is as old as its oldest input's, so the stricter of its SLA and
+its inputs' bounds the entry.  An entry is served only while every product's age is below its
 ``sla.freshness`` and the entry's age (its oldest product's) is below the caller's
 ``max_staleness``.  ``sla.stale_while_revalidate`` lets a product's entries be served for that
 much longer while one background refresh runs (never past the caller's ``max_staleness``).  A
@@ -112,6 +114,14 @@ class ProductFreshness:
     stale_while_revalidate: float = 0.0  # sla.stale_while_revalidate, seconds
     watermark: float | None = None  # newest freshness-column value or files' mtime (epoch s); None: unknown
     data_age_counts: bool = False  # the watermark is the data's own newest value (sla.freshness_column)
+    inputs: tuple[str, ...] = ()  # a derived product: the products its data comes from (its age is their oldest's)
+
+    def as_of(self, as_of: Mapping[str, float], default: float) -> float:
+        """When this product's data in an entry (``as_of`` per product) was current: a derived
+        product's data is as old as its oldest input's."""
+        if self.inputs:
+            return min((as_of.get(i, default) for i in self.inputs), default=default)
+        return as_of.get(self.product, default)
 
 
 @dataclass(frozen=True)
@@ -128,7 +138,7 @@ class Lookup:
         value where the product declares one, else now."""
         return {
             p.product: min(now, p.watermark) if p.data_age_counts and p.watermark is not None else now
-            for p in self.products
+            for p in self.products if not p.inputs
         }
 
 
@@ -180,16 +190,18 @@ def _judge(entry: Entry, lookup: Lookup, now: float) -> str:
     """``_FRESH`` (serve it), ``_SERVE_STALE`` (serve it while refreshing), ``_UNSUITABLE`` (too old
     for this caller's max_staleness, others may take it) or ``_DEAD`` (a watermark moved or a
     product's SLA plus its stale-while-revalidate window passed: nobody may be served it)."""
-    fresh = True
+    fresh, suitable = True, True
     for p in lookup.products:
         if entry.watermarks.get(p.product) != p.watermark:
             return _DEAD
-        age = now - entry.as_of.get(p.product, entry.fetched_at)
+        age = now - p.as_of(entry.as_of, entry.fetched_at)
         if age >= p.sla + p.stale_while_revalidate:
-            return _DEAD
+            if not p.inputs:
+                return _DEAD
+            suitable = False  # too old for a derived product's SLA; its inputs' rows may still serve others
         if age >= p.sla:
             fresh = False
-    if lookup.max_staleness is not None and entry.age(now) >= lookup.max_staleness:
+    if not suitable or (lookup.max_staleness is not None and entry.age(now) >= lookup.max_staleness):
         return _UNSUITABLE
     return _FRESH if fresh else _SERVE_STALE
 
@@ -197,7 +209,7 @@ def _judge(entry: Entry, lookup: Lookup, now: float) -> str:
 def remaining_life(entry: Entry, lookup: Lookup, now: float) -> float:
     """Seconds until no caller may be served ``entry`` any more (a shared tier's TTL)."""
     return min(
-        (p.sla + p.stale_while_revalidate - (now - entry.as_of.get(p.product, entry.fetched_at)) for p in lookup.products),
+        (p.sla + p.stale_while_revalidate - (now - p.as_of(entry.as_of, entry.fetched_at)) for p in lookup.products),
         default=0.0,
     )
 
@@ -205,10 +217,12 @@ def remaining_life(entry: Entry, lookup: Lookup, now: float) -> float:
 def past_sla(lookup: Lookup, now: float) -> str:
     """Why data fetched ``now`` could never be served from the cache (a product's source data is
     already older than its SLA), or ''."""
-    for product, as_of in lookup.fetched_as_of(now).items():
-        p = next(q for q in lookup.products if q.product == product)
+    fetched = lookup.fetched_as_of(now)
+    for p in lookup.products:
+        as_of = p.as_of(fetched, now)
         if now - as_of >= p.sla:
-            return (f"{product}'s newest data is {format_seconds(now - as_of)} old at its source, "
+            where = "at its source" if not p.inputs else "at its inputs' sources"
+            return (f"{p.product}'s newest data is {format_seconds(now - as_of)} old {where}, "
                     f"past its {format_seconds(p.sla)} freshness SLA")
     return ""
 

@@ -47,8 +47,8 @@ class BoundedLabel:
         return value
 
 
-product_label = BoundedLabel(int(os.environ.get("MESHGATE_METRICS_MAX_PRODUCTS", "200")))
-"""``product_id`` label values (``domain.name``)."""
+product_label = BoundedLabel(int(os.environ.get("MESHGATE_METRICS_MAX_PRODUCTS", "200")), r"^[a-z][a-z0-9_.]*(@[0-9]+)?$")
+"""``product_id`` label values (``domain.name``; the SLA monitor's ``domain.name@N`` for an older major)."""
 domain_label = BoundedLabel(int(os.environ.get("MESHGATE_METRICS_MAX_PRODUCTS", "200")))
 consumer_domain_label = BoundedLabel(50)
 

@@ -17,9 +17,12 @@ A batch of descriptors is published entirely or not at all. Each version goes th
    ``warning`` is recorded. A rule that cannot run (the source is unreachable or refused) fails:
    the gate is fail-closed.
 
-A derived product (``connector: mesh``) is checked by ``gateway/lineage.py`` instead of 5-7
+A derived product (``connector: mesh``) is checked by ``gateway/lineage.py`` instead of 5-6
 (``derived_inputs``: its inputs exist and are not retired, its query returns its contract's
-columns, it does not read itself).
+columns, it does not read itself); its quality gates (7) run over its rows through the gateway's
+planner and engine, as the platform (``gateway/derived_source.py``: only counts leave the check),
+against the registry plus the batch, so it may be published with its inputs. An input that
+cannot be read fails every rule: the gate is fail-closed here too.
 
 Every check of every version is reported, so one run lists every problem. A principal who may
 not publish in the domain gets no source checks at all (the gateway does not probe hosts for
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from gateway import compatibility
 from gateway.descriptor import Descriptor, validate
@@ -42,8 +45,13 @@ from gateway.registry import Registry
 from gateway.source_contract import contract_problems, extra_columns
 from gateway.source_roots import FILE_CONNECTORS
 from gateway.sources import SourceManager
+from connectors.base import Connector
 from policies import Principal
 from policies.engine import PolicyEngine
+
+if TYPE_CHECKING:
+    from gateway.derived_source import DerivedSources
+    from gateway.engine import Engine
 
 CHECK_STATUSES = ("passed", "failed", "warning", "skipped")
 
@@ -123,12 +131,15 @@ def publish(
     run_quality: bool = True,
     dry_run: bool = False,
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> PublishReport:
     """Check every descriptor, then publish them all atomically if nothing failed.
 
     ``descriptors`` are validated Descriptors or parsed documents (a REST body); ``sources``
-    reaches the sources under the gateway's roots. Raises ``Conflict`` when another publisher
-    changed one of the products between the checks and the publication.
+    reaches the sources under the gateway's roots; ``engine`` runs derived products' gates (the
+    gateway's; without one, one is started when a derived product has rules). Raises
+    ``Conflict`` when another publisher changed one of the products between the checks and the
+    publication.
     """
     report = PublishReport(dry_run=dry_run)
     valid: list[Descriptor] = []
@@ -154,16 +165,22 @@ def publish(
     gates: dict[tuple[str, str], list[RuleResult]] = {}
     derived = _derived_problems(registry, valid)
     ordered = sorted(valid, key=lambda d: (d.product_id, d.version_key))
-    for d in ordered:
-        if progress:
-            progress(f"{d.product_id} {d.version}")
-        registered = registry.versions(d.product_id)
-        expected.setdefault(d.product_id, {r.version for r in registered})
-        batch = [e for e in ordered if e.product_id == d.product_id and e.version_key < d.version_key]
-        results = _check_one(d, principal, registered, batch, policies, sources, run_quality, report,
-                             derived.get(f"{d.product_id} {d.version}", []))
-        if results is not None:
-            gates[(d.product_id, d.version)] = results
+    checking = _derived_sources(registry, valid, sources, engine)
+    try:
+        for d in ordered:
+            if progress:
+                progress(f"{d.product_id} {d.version}")
+            registered = registry.versions(d.product_id)
+            expected.setdefault(d.product_id, {r.version for r in registered})
+            batch = [e for e in ordered if e.product_id == d.product_id and e.version_key < d.version_key]
+            results = _check_one(d, principal, registered, batch, policies, sources,
+                                 checking.connector_for if checking else sources.connector_for, run_quality, report,
+                                 derived.get(f"{d.product_id} {d.version}", []))
+            if results is not None:
+                gates[(d.product_id, d.version)] = results
+    finally:
+        if checking is not None:
+            checking.close()
 
     if not report.ok or dry_run or not valid:
         return report
@@ -184,6 +201,7 @@ def _check_one(
     earlier_in_batch: list[Descriptor],
     policies: PolicyEngine,
     sources: SourceManager,
+    connector_for: Callable[[Descriptor], Connector],
     run_quality: bool,
     report: PublishReport,
     derived_problems: list[str],
@@ -249,11 +267,10 @@ def _check_one(
     if d.derived:
         for problem in derived_problems:
             add("derived_inputs", "failed", problem)
-        if not derived_problems:
-            add("derived_inputs", "passed", "its inputs are registered and queryable, its query returns the contract's columns")
-        for rule in quality:
-            add(f"quality.{rule.name}", "skipped", "quality rules of derived products are not run at publication")
-        return None
+        if derived_problems:
+            return _gates_not_run(d, "its inputs could not be read (see derived_inputs)", add) if quality else None
+        add("derived_inputs", "passed", "its inputs are registered and queryable, its query returns the contract's columns")
+        return _gates(d, connector_for(d), run_quality, add)
 
     if d.source.connector in FILE_CONNECTORS and sources.roots is not None:
         refused = sources.roots.problems(d)
@@ -280,17 +297,35 @@ def _check_one(
         add("schema_validation", "passed", "every contract column is in the source in a compatible type"
             + (f" (not in the contract: {', '.join(extra)})" if extra else ""))
 
+    return _gates(d, connector, run_quality, add)
+
+
+def _gates(d: Descriptor, connector: Connector, run_quality: bool, add: Callable[[str, str, str], None]) -> list[RuleResult] | None:
+    """Run the quality gates of ``d`` over ``connector`` (its source, or its rows through the
+    gateway for a derived product); None when there are none to run."""
     if not run_quality:
         if rules(d):
             add("quality", "skipped", "quality gates skipped on request")
         return None
-    if not quality:
+    if not rules(d):
         add("quality", "passed", "no quality rules")
         return None
     results = run_gates(d, connector)
     for result in results:
         _add_result(result, add)
     return results
+
+
+def _derived_sources(registry: Registry, batch: list[Descriptor], sources: SourceManager,
+                     engine: Engine | None) -> DerivedSources | None:
+    """What reads the batch's derived products for their gates (over the registry plus the
+    batch); None when it has none (publishing then never imports the planner)."""
+    if not any(d.derived for d in batch):
+        return None
+    from gateway.derived_source import DerivedSources
+
+    with_batch = registry.catalog(max_age=0).including(batch)
+    return DerivedSources(lambda: with_batch, sources, engine)
 
 
 def _derived_problems(registry: Registry, batch: list[Descriptor]) -> dict[str, list[str]]:

@@ -47,6 +47,19 @@ def stale_while_revalidate(descriptor: Descriptor) -> float:
     return (parse_duration(sla.get("stale_while_revalidate")) or 0.0) if isinstance(sla, dict) else 0.0
 
 
+def _derived(plan: Plan, reads: set[str]) -> tuple[ProductFreshness, ...]:
+    """The derived products of ``plan`` whose rows come from any of ``reads`` (``domain.name@version``)
+    and that declare their own ``sla.freshness``: each bounds an entry of those inputs, its data as
+    old as the oldest of them (one without its own SLA is bounded by its inputs' alone)."""
+    found = []
+    for read in plan.derived:
+        inputs = tuple(i for i in read.inputs if i in reads)
+        sla = freshness_sla(read.descriptor)
+        if inputs and sla is not None:
+            found.append(ProductFreshness(read.label, sla, stale_while_revalidate(read.descriptor), inputs=inputs))
+    return tuple(found)
+
+
 @dataclass
 class FragmentUses:
     """How each fragment of one execution was served (name -> cache Result), filled by the hook."""
@@ -81,6 +94,7 @@ class QueryCache:
         products = self._products([b for f in plan.fragments for b in f.bindings if b.descriptor and b.connector])
         if isinstance(products, str):
             return products
+        products += _derived(plan, {p.product for p in products})
         if max_staleness is not None and max_staleness <= 0:
             return "the client allows no staleness (max_staleness 0)"
         key = cache_key([
@@ -90,15 +104,20 @@ class QueryCache:
         ])
         return Lookup(RESULT, key, products, max_staleness)
 
-    def fragment_lookup(self, fragment: Fragment, bound: BoundFragment, sql: str, max_staleness: float | None) -> Lookup | str:
+    def fragment_lookup(
+        self, plan: Plan, fragment: Fragment, bound: BoundFragment, sql: str, max_staleness: float | None
+    ) -> Lookup | str:
         """A fragment's lookup for ``sql`` (its bound SQL, possibly with a dynamic filter), or why
-        it is not cached.  The key is what the source is asked and how its rows are governed."""
+        it is not cached.  The key is what the source is asked and how its rows are governed (so
+        a derived product's query shares fragments with direct queries of its inputs); the
+        derived products of ``plan`` it feeds bound how old its rows may be for this query."""
         connector = fragment.connector
         if connector is None or fragment.local is not None:
             return "in memory"
         products = self._products([b for b in fragment.bindings if b.descriptor and b.connector])
         if isinstance(products, str):
             return products
+        products += _derived(plan, {p.product for p in products})
         if max_staleness is not None and max_staleness <= 0:
             return "the client allows no staleness (max_staleness 0)"
         key = cache_key([
@@ -136,7 +155,7 @@ class QueryCache:
         uses = FragmentUses({})
 
         def through(bound: BoundFragment, sql: str, load) -> pa.Table:  # noqa: ANN001
-            lookup = self.fragment_lookup(by_name[bound.name], bound, sql, max_staleness)
+            lookup = self.fragment_lookup(plan, by_name[bound.name], bound, sql, max_staleness)
             if isinstance(lookup, str):
                 return load()
             result = self.cache.fetch(lookup, lambda: (load().to_reader(), {}))
@@ -162,7 +181,7 @@ class QueryCache:
             if f.local is not None or f.sql is None:
                 fragments[f.name] = "bypass: in memory"
                 continue
-            text = self._describe(self.fragment_lookup(by_name[f.name], f, f.sql, max_staleness))
+            text = self._describe(self.fragment_lookup(plan, by_name[f.name], f, f.sql, max_staleness))
             if f.name in probes:
                 text += " (unless a dynamic filter changes its SQL at run time)"
             fragments[f.name] = text

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -161,6 +161,15 @@ class Catalog:
             raise NotFound(f"major version {pin} of data product '{product_id}' was retired ({retired_major.note()}){hint}")
         majors = ", ".join(f"@{d.major}" for d in self.majors(product_id))
         raise NotFound(f"data product '{product_id}' has no active major version {pin} (active: {majors})")
+
+    def including(self, descriptors: Iterable[Descriptor]) -> Catalog:
+        """This catalog with ``descriptors`` as queryable versions too: a batch being published, so
+        its derived products can be checked over inputs published with them."""
+        versions = {pid: list(found) for pid, found in self.versions.items()}
+        for d in descriptors:
+            versions[d.product_id] = [v for v in versions.get(d.product_id, []) if v.version != d.version] + [d]
+        return replace(self, versions={pid: tuple(sorted(found, key=lambda v: v.version_key, reverse=True))
+                                       for pid, found in versions.items()})
 
     def _suggest(self, product_id: str) -> str:
         close = difflib.get_close_matches(product_id, list(self.versions), n=3, cutoff=0.5)

@@ -20,6 +20,7 @@ from sqlglot import exp
 
 from connectors.base import Connector
 from gateway.contract_keys import ForeignKey, KeyColumn, TableFilter, foreign_keys, primary_keys
+from gateway.derived_source import DerivedSources
 from gateway.descriptor import Descriptor
 from gateway.engine import MIN_PROBE_RATIO, Engine, QueryControl, conform_schema
 from gateway.audit import AuditLog
@@ -138,6 +139,8 @@ class GatewayService:
         self.watermarks = Watermarks(cache.clock if cache is not None else time.time)
         self.query_cache = QueryCache(cache, self.watermarks) if cache is not None else None
         self.history = QueryHistory(self.audit.path)  # recent queries; earlier ones from the audit log
+        self.derived_sources = DerivedSources(registry.catalog, self.sources, self.engine, settings.query_timeout)
+        """Products' rows for the platform's checks (SLA monitor): derived ones through this gateway."""
         self.sla_monitor: Any = None  # the background SLA monitor when one runs (gateway/sla_monitor.py), for /readyz and REST
 
     # --- queries ----------------------------------------------------------------------------
@@ -532,7 +535,7 @@ class GatewayService:
         """Check and publish descriptors atomically (``gateway/publishing.py``): every check of
         every version in the report; raises ``Conflict`` when another publisher won a race."""
         return publish(descriptors, principal, registry=self.registry, policies=self.policies, sources=self.sources,
-                       run_quality=run_quality, dry_run=dry_run, progress=progress)
+                       run_quality=run_quality, dry_run=dry_run, progress=progress, engine=self.engine)
 
     def set_status(
         self,
@@ -750,9 +753,11 @@ def _releasing(reader: pa.RecordBatchReader, slot: _Slot) -> Iterator[pa.RecordB
 
 
 def _descriptors(plan: Plan) -> list[Descriptor]:
-    """The product versions a plan reads, once each."""
+    """The product versions a plan reads, once each: those its fragments scan and the derived
+    products expanded into them (a query of a derived product counts for it and its inputs)."""
     found = {(b.descriptor.product_id, b.descriptor.version): b.descriptor
              for f in plan.fragments for b in f.bindings if b.descriptor is not None}
+    found.update({(r.descriptor.product_id, r.descriptor.version): r.descriptor for r in plan.derived})
     return list(found.values())
 
 

@@ -1,5 +1,11 @@
 """SLA monitoring: each product's freshness, availability, completeness and quality, on its schedule.
 
+Every queryable major of every product is monitored, each recorded under the name SQL gives it
+(``domain.name`` for the newest major, ``domain.name@N`` for an older one), derived products
+(``connector: mesh``) included: their connector (``gateway/derived_source.py``) reads their rows
+through the gateway as the platform, so the probe is a ``LIMIT 1`` query of the derived product,
+its freshness the oldest of its inputs' freshness and its quality rules run over its rows.
+
 A check of one product (``measure``) asks its source, through the gateway's pooled connectors:
 
 - **availability**: a probe query (``SELECT * FROM <relation> LIMIT 1``) answers. The
@@ -275,11 +281,14 @@ def latest(registry: Any, product_id: str) -> SlaStatus | None:
 # --- one check ---------------------------------------------------------------------------------------
 
 
-def measure(descriptor: Descriptor, connector: Connector, targets: SlaTargets, clock: Callable[[], float] = time.time) -> Measurement:
+def measure(descriptor: Descriptor, connector: Connector, targets: SlaTargets, clock: Callable[[], float] = time.time,
+            product_id: str | None = None) -> Measurement:
     """Ask the product's source: the probe first; if it answers, freshness, the row count (when
-    the SLA has a completeness target) and the quality rules. Never raises for a source's failure."""
+    the SLA has a completeness target) and the quality rules. Never raises for a source's failure.
+    ``product_id``: what the check is recorded under (default the product's id; ``domain.name@N``
+    for an older major)."""
     started, t0 = clock(), time.perf_counter()
-    base = dict(product_id=descriptor.product_id, version=descriptor.version, started_at=started)
+    base = dict(product_id=product_id or descriptor.product_id, version=descriptor.version, started_at=started)
     try:
         relation = connector.relation(descriptor.source.table, descriptor.source.query)
         scan = connector.scan(connector.render(exp.select("*").from_(relation).limit(1)))
@@ -352,6 +361,7 @@ def judge(measured: Measurement, targets: SlaTargets, probes: tuple[int, int], p
 
 @dataclass
 class _Check:
+    key: str  # what the check is recorded under: domain.name, or domain.name@N for an older major
     descriptor: Descriptor
     targets: SlaTargets
     deadline: float  # time.monotonic()
@@ -440,47 +450,51 @@ class SlaMonitor:
     def check_now(self, product_ids: Iterable[str] | None = None, progress: Callable[[SlaStatus], None] | None = None) -> list[SlaStatus]:
         """Check the given products (default: every monitored product) now and wait for all of
         them (each at most ``check_timeout``); their statuses in the order given."""
-        products = self.monitored()
-        if product_ids is not None:
-            wanted = list(product_ids)
-            by_id = {d.product_id: d for d in products}
-            products = [by_id[p] for p in wanted if p in by_id]
-        pending = [d for d in products]
+        monitored = self.monitored()
+        keys = list(monitored) if product_ids is None else [p for p in product_ids if p in monitored]
+        pending = list(keys)
         found: dict[str, SlaStatus] = {}
         while pending or any(not c.reported for c in self._checks.values()):
             room = self.max_concurrent - sum(1 for c in self._checks.values() if not c.reported)
-            ready = [d for d in pending if d.product_id not in self._checks][: max(0, room)]
-            for d in ready:
-                pending.remove(d)
-            self._launch(ready)
+            ready = [key for key in pending if key not in self._checks][: max(0, room)]
+            for key in ready:
+                pending.remove(key)
+            self._launch([(key, monitored[key]) for key in ready])
             for status in self._reap(wait=0.05):
                 found[status.product_id] = status
                 if progress is not None:
                     progress(status)
-        return [found[d.product_id] for d in products if d.product_id in found]
+        return [found[key] for key in keys if key in found]
 
-    def monitored(self) -> list[Descriptor]:
-        """The newest version of every product read from a source (views over other products,
-        ``connector: mesh``, are not probed: their inputs are)."""
-        return [d for d in self.registry.catalog().products() if d.source.connector != "mesh"]
+    def monitored(self) -> dict[str, Descriptor]:
+        """Every queryable major of every product, derived ones included (``connector_for``
+        gives their rows through the gateway, ``gateway/derived_source.py``), by the name SQL
+        gives it and its checks are recorded under: ``domain.name`` for the newest major,
+        ``domain.name@N`` for an older one consumers still read."""
+        catalog = self.registry.catalog()
+        found: dict[str, Descriptor] = {}
+        for product_id in sorted(catalog.versions):
+            for i, d in enumerate(catalog.majors(product_id)):
+                found[product_id if i == 0 else f"{product_id}@{d.major}"] = d
+        return found
 
     # --- scheduling ------------------------------------------------------------------------------
 
-    def _due(self) -> list[Descriptor]:
+    def _due(self) -> list[tuple[str, Descriptor]]:
         now = self.clock()
         room = self.max_concurrent - sum(1 for c in self._checks.values() if not c.reported)
         due = []
-        for d in self.monitored():
-            if d.product_id in self._checks:
+        for key, d in self.monitored().items():
+            if key in self._checks:
                 continue
-            if d.product_id not in self._last_started:
-                last = self.store.latest(d.product_id)
+            if key not in self._last_started:
+                last = self.store.latest(key)
                 if last is not None:
-                    self._last_started[d.product_id] = (last.checked_at, last.version)
-            started, version = self._last_started.get(d.product_id, (None, None))
+                    self._last_started[key] = (last.checked_at, last.version)
+            started, version = self._last_started.get(key, (None, None))
             if started is None or version != d.version or now - started >= SlaTargets.of(d).monitor_every:
-                due.append(d)
-        due.sort(key=lambda d: self._last_started.get(d.product_id, (0.0, ""))[0])  # the longest waiting first
+                due.append((key, d))
+        due.sort(key=lambda item: self._last_started.get(item[0], (0.0, ""))[0])  # the longest waiting first
         return due[: max(0, room)]
 
     def _export_consumers(self, every: float = 60.0) -> None:
@@ -495,20 +509,21 @@ class SlaMonitor:
         for label, consumers in totals.items():
             metrics.PRODUCT_CONSUMERS.labels(label).set(consumers)
 
-    def _launch(self, descriptors: Sequence[Descriptor]) -> None:
-        for d in descriptors:
-            check = _Check(d, SlaTargets.of(d), time.monotonic() + self.check_timeout, self.clock())
+    def _launch(self, products: Sequence[tuple[str, Descriptor]]) -> None:
+        for key, d in products:
+            check = _Check(key, d, SlaTargets.of(d), time.monotonic() + self.check_timeout, self.clock())
             with self._lock:
-                self._checks[d.product_id] = check
-            self._last_started[d.product_id] = (check.started_at, d.version)
-            threading.Thread(target=self._measure, args=(check,), name=f"sla-check-{d.product_id}", daemon=True).start()
+                self._checks[key] = check
+            self._last_started[key] = (check.started_at, d.version)
+            threading.Thread(target=self._measure, args=(check,), name=f"sla-check-{key}", daemon=True).start()
 
     def _measure(self, check: _Check) -> None:
         try:
-            check.result = measure(check.descriptor, self.connector_for(check.descriptor), check.targets, self.clock)
+            check.result = measure(check.descriptor, self.connector_for(check.descriptor), check.targets, self.clock,
+                                   check.key)
         except Exception as err:  # noqa: BLE001 - e.g. the connector cannot be opened
             d = check.descriptor
-            check.result = Measurement(d.product_id, d.version, check.started_at, 0.0, False, _message(err))
+            check.result = Measurement(check.key, d.version, check.started_at, 0.0, False, _message(err))
         finally:
             check.done.set()
 
@@ -533,7 +548,7 @@ class SlaMonitor:
                 measured = check.result
             elif not check.reported and time.monotonic() > check.deadline:
                 d = check.descriptor
-                measured = Measurement(d.product_id, d.version, check.started_at, self.check_timeout, False,
+                measured = Measurement(check.key, d.version, check.started_at, self.check_timeout, False,
                                        f"no answer within {self.check_timeout:g} s (the check timed out)")
             else:
                 continue
@@ -555,7 +570,7 @@ class SlaMonitor:
         _export(status)
         if measured.quality:
             try:
-                self.registry.record_quality(status.product_id, status.version, measured.quality, status.checked_at)
+                self.registry.record_quality(descriptor.product_id, status.version, measured.quality, status.checked_at)
             except Exception:  # noqa: BLE001
                 log.exception("SLA monitor: could not record the quality run of %s", status.product_id)
         before = previous.breaches if previous is not None else {}  # a new version inherits its open alerts

@@ -389,6 +389,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """A stored product's rules run at its source; a derived product's over its rows through the
+    gateway's planner and engine (``gateway/derived_source.py``), its inputs' sources under the roots."""
     from gateway.quality import rules, run_gates
     from gateway.sources import SourceManager
 
@@ -401,13 +403,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not rules(d):
         stdout.print(f"{label}: no quality rules", highlight=False)
         return 0
-    if d.derived:
-        stdout.print(f"{label}: quality rules of derived (mesh) products are not run here yet", highlight=False)
-        return 0
     named = [target] if not from_registry else [d.base_dir] if d.base_dir else []
     sources = SourceManager(_roots(args, named))
     try:
-        results = run_gates(d, sources.connector_for(d))
+        if d.derived:
+            from gateway.derived_source import DerivedSources
+
+            catalog = registry.catalog(max_age=0).including([d])
+            checking = DerivedSources(lambda: catalog, sources)
+            try:
+                results = run_gates(d, checking.connector_for(d))
+            finally:
+                checking.close()
+        else:
+            results = run_gates(d, sources.connector_for(d))
     finally:
         sources.close()
     for result in results:

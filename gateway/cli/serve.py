@@ -258,7 +258,7 @@ def _start_monitor(service, options: dict):  # noqa: ANN001, ANN202
         logger.setLevel(logging.INFO)
         logger.addHandler(handler)
         logger.propagate = False
-    monitor = SlaMonitor(service.registry, service.sources.connector_for, AlertSink(options["webhook"]),
+    monitor = SlaMonitor(service.registry, service.derived_sources.connector_for, AlertSink(options["webhook"]),
                          check_timeout=options["check_timeout"], availability_window=options["availability_window"],
                          usage=service_usage(service))
     service.sla_monitor = monitor

@@ -46,6 +46,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from gateway.alerts import AlertSink
     from gateway.cli.common import source_roots
+    from gateway.derived_source import DerivedSources
     from gateway.sla_monitor import SlaMonitor
     from gateway.sources import SourceManager
 
@@ -56,7 +57,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         stderr.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
         return 2
     sources = SourceManager(source_roots(args.source_root, [], registry.path, []))
-    monitor = SlaMonitor(registry, sources.connector_for, alerts, check_timeout=args.timeout)
+    checking = DerivedSources(registry.catalog, sources, timeout=args.timeout)  # derived products' rows
+    monitor = SlaMonitor(registry, checking.connector_for, alerts, check_timeout=args.timeout)
     wanted = [_monitored(monitor, args.product)] if args.product else None
     total = len(wanted) if wanted else len(monitor.monitored())
     try:
@@ -66,6 +68,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             statuses = monitor.check_now(wanted, progress=lambda _status: progress.advance(task))
     finally:
         monitor.stop(timeout=args.timeout)
+        checking.close()
         sources.close()
     _print(statuses, args.format)
     return 1 if any(s.breaches for s in statuses) else 0
@@ -90,16 +93,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _monitored(monitor: Any, product: str):  # noqa: ANN202
-    """The descriptor of ``product`` if the monitor checks it; NotFound / InvalidQuery otherwise."""
-    from gateway.errors import InvalidQuery, NotFound
+    """What the monitor records ``product`` (``domain.name`` or ``domain.name@MAJOR``) under; NotFound otherwise."""
+    from gateway.errors import NotFound
 
     domain, dot, name = product.partition(".")
     if not dot:
         raise NotFound(f"'{product}' is not a product id: write domain.product")
-    descriptor = monitor.registry.catalog().resolve(domain, name)
-    if descriptor.source.connector == "mesh":
-        raise InvalidQuery(f"{product} is a view over other products (connector mesh): check its input products instead")
-    return descriptor.product_id
+    descriptor = monitor.registry.catalog().resolve(domain, name.strip('"'))
+    return next(key for key, d in monitor.monitored().items()
+                if d.product_id == descriptor.product_id and d.major == descriptor.major)
 
 
 def _print(statuses: list, fmt: str, times: bool = False) -> None:  # noqa: ANN001

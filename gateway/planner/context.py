@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from connectors.base import Connector
 from gateway.descriptor import Descriptor
-from gateway.planner.plan import Binding, DynamicFilter, Fragment, LocalRows
+from gateway.planner.plan import Binding, DerivedRead, DynamicFilter, Fragment, LocalRows
 from gateway.registry import Catalog
 from policies.decision import Decision
 
@@ -31,6 +31,7 @@ class PlanContext:
     parameter_types: list[pa.DataType] = field(default_factory=list)
     dynamic_filters: list[DynamicFilter] = field(default_factory=list)
     decisions: dict[str, Decision] = field(default_factory=dict)  # product id -> what was decided
+    derived: dict[str, DerivedRead] = field(default_factory=dict)  # product@version -> what it read
 
     def add_fragment(self, fragment_factory: Callable[[str], Fragment]) -> Fragment:
         """Create the next fragment with a fresh name (f0, f1, ...)."""

@@ -24,6 +24,7 @@ from gateway.errors import InvalidQuery, MeshError, NotFound, PermissionDenied
 from gateway.planner.apply_policies import apply_policies
 from gateway.planner.context import PlanContext
 from gateway.planner.name_outputs import name_outputs
+from gateway.planner.plan import Binding, DerivedRead
 from gateway.planner.parse_statement import parse_statement
 from gateway.planner.reject_unsafe_functions import reject_unsafe_functions
 from gateway.planner.resolve_products import resolve_products
@@ -52,10 +53,24 @@ def _expand(expression: exp.Expression, ctx: PlanContext, chain: tuple[str, ...]
             raise InvalidQuery(f"derived product {descriptor.product_id} reads itself: {cycle}; fix its spec.source.query")
         if len(chain) >= MAX_DEPTH:
             raise InvalidQuery(f"derived products nest deeper than {MAX_DEPTH} levels: {' -> '.join(chain)}")
+        before = set(ctx.bindings)
         query = _expand(_governed_inputs(descriptor, ctx), ctx, (*chain, descriptor.product_id))
+        _record_inputs(descriptor, [b for name, b in ctx.bindings.items() if name not in before], ctx)
         alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(table.name))
-        table.replace(exp.Subquery(this=_typed(query, descriptor, ctx), alias=alias.copy()))
+        table.replace(exp.Subquery(this=typed(query, descriptor), alias=alias.copy()))
     return expression
+
+
+def _record_inputs(descriptor: Descriptor, added: list[Binding], ctx: PlanContext) -> None:
+    """Note which stored products the derived product's rows come from (the bindings its
+    expansion added, nested derived products' included), merged when it is read twice."""
+    read = DerivedRead(descriptor, tuple(sorted(
+        {f"{b.descriptor.product_id}@{b.descriptor.version}" for b in added if b.descriptor is not None and b.connector is not None}
+    )))
+    known = ctx.derived.get(read.label)
+    if known is not None:
+        read = DerivedRead(descriptor, tuple(sorted({*known.inputs, *read.inputs})))
+    ctx.derived[read.label] = read
 
 
 def _governed_inputs(descriptor: Descriptor, ctx: PlanContext) -> exp.Query:
@@ -88,8 +103,9 @@ def _governed_inputs(descriptor: Descriptor, ctx: PlanContext) -> exp.Query:
     return query
 
 
-def _typed(query: exp.Query, descriptor: Descriptor, ctx: PlanContext) -> exp.Select:
-    """The contract's columns of ``query``'s output, in the contract's order and types."""
+def typed(query: exp.Query, descriptor: Descriptor) -> exp.Select:
+    """The contract's columns of ``query``'s output, in the contract's order and types (also how
+    ``gateway/derived_source.py`` reads a derived product's rows for its checks)."""
     problem = output_problem(query, descriptor)
     if problem is not None:
         raise InvalidQuery(f"derived product {descriptor.product_id} {descriptor.version}: {problem}")

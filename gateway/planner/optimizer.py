@@ -58,5 +58,5 @@ def plan_statement(sql: str, statement: Statement, ctx: PlanContext) -> Plan:
     products = tuple(sorted({p for f in ctx.fragments for p in f.products} | derived))
     return Plan(
         sql, expression, ctx.fragments, ctx.output_names, list(ctx.parameter_types), products, ctx.dynamic_filters,
-        ctx.decisions,
+        ctx.decisions, tuple(ctx.derived[label] for label in sorted(ctx.derived)),
     )

@@ -89,6 +89,20 @@ class Fragment:
 
 
 @dataclass(frozen=True)
+class DerivedRead:
+    """A derived product a plan reads (expanded into its query) and the stored products its rows
+    come from, directly or through other derived products: what its freshness is measured by
+    (the result cache) and what it is counted under (product metrics, deprecation notes)."""
+
+    descriptor: Descriptor
+    inputs: tuple[str, ...]  # domain.name@version of each stored product read, sorted
+
+    @property
+    def label(self) -> str:
+        return f"{self.descriptor.product_id}@{self.descriptor.version}"
+
+
+@dataclass(frozen=True)
 class DynamicFilter:
     """``probe.probe_column IN (keys of build.build_column)`` may be added to fragment ``probe``."""
 
@@ -110,6 +124,7 @@ class Plan:
     products: tuple[str, ...] = ()
     dynamic_filters: list[DynamicFilter] = field(default_factory=list)
     decisions: dict[str, Decision] = field(default_factory=dict)  # product id -> governance applied
+    derived: tuple[DerivedRead, ...] = ()  # the derived products read, with their stored inputs
 
     @property
     def passthrough(self) -> Fragment | None:
