@@ -90,7 +90,8 @@ TAGS = ["finance", "marketing", "ops", "kpi", "reference", "gold", "silver", "br
 
 def generate(count: int, domains: int, source: Path, seed: int = 7) -> list[dict[str, Any]]:
     """``count`` descriptor documents spread evenly over ``domains`` domains, all reading the table
-    ``items`` of the SQLite file ``source`` (id, label + generated columns the catalog indexes)."""
+    ``items`` of the SQLite file ``source`` (id, label + generated columns the catalog indexes,
+    each a view's copy of ``label``)."""
     rng = random.Random(seed)
     domain_names = [f"{area}_{region}" for area in AREAS for region in REGIONS][:domains]
     docs: list[dict[str, Any]] = []
@@ -112,10 +113,17 @@ def generate(count: int, domains: int, source: Path, seed: int = 7) -> list[dict
             "apiVersion": "datamesh.io/v1", "kind": "DataProduct",
             "metadata": {"name": name, "domain": domain, "owner": owner, "version": "1.0.0", "tags": tags,
                          "description": description},
-            "spec": {"source": {"connector": "sqlite", "uri": str(source), "table": "items"}, "schema": columns,
+            "spec": {"source": {"connector": "sqlite", "uri": str(source), "query": view_of(columns)}, "schema": columns,
                      "sla": {"freshness": "1d"}},
         })
     return docs
+
+
+def view_of(columns: list[dict[str, Any]]) -> str:
+    """The product's source: a view over ``items`` with every contract column (publishing checks
+    that the source has them), the generated ones copies of ``label``."""
+    extra = "".join(f", label AS {c['name']}" for c in columns[2:])
+    return f"SELECT id, label{extra} FROM items"
 
 
 def make_source(path: Path) -> Path:
