@@ -5,10 +5,6 @@ analyst who owns the logistics domain)."""
 
 from __future__ import annotations
 
-import base64
-import json
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +19,8 @@ from gateway.rest import create_app, serve_http
 from gateway.service import GatewayService, Settings
 from gateway.users import UsersFile, add_user
 from policies.engine import PolicyEngine
+from tests.http import Response, http
+from tests.http import basic as http_basic
 from tests.mesh import demo_clock
 
 GOVERNED = Path(__file__).parent / "policies" / "governed"
@@ -37,21 +35,7 @@ def write_users(path: Path) -> None:
 
 
 def basic(user: str, password: str | None = None) -> str:
-    credentials = f"{user}:{password if password is not None else PASSWORDS.get(user, 'wrong')}"
-    return "Basic " + base64.b64encode(credentials.encode()).decode()
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
+    return http_basic(user, password if password is not None else PASSWORDS.get(user, "wrong"))
 
 
 @dataclass
@@ -63,21 +47,8 @@ class Api:
 
     def call(self, path: str, body: Any = None, user: str | None = "alice", token: str | None = None,
              method: str | None = None, raw: bytes | None = None, headers: dict[str, str] | None = None) -> Response:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(self.url + path, data=data, method=method or ("POST" if data is not None else "GET"))
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        elif user is not None:
-            request.add_header("Authorization", basic(user))
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return Response(response.status, dict(response.headers), response.read())
-        except urllib.error.HTTPError as error:
-            return Response(error.code, dict(error.headers), error.read())
+        authorization = f"Bearer {token}" if token is not None else basic(user) if user is not None else None
+        return http(self.url + path, body, authorization=authorization, method=method, raw=raw, headers=headers)
 
     def close(self) -> None:
         for server in self.servers:

@@ -9,14 +9,11 @@ gateway audits; the packaged policies hide ``pii`` products from principals with
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,9 +21,9 @@ from typing import Any, Iterator
 import adbc_driver_flightsql.dbapi as flightsql
 import pytest
 
+from gateway.alerts import AlertSink
 from gateway.audit import AuditLog
 from gateway.auth import Authenticator
-from gateway.alerts import AlertSink
 from gateway.catalog_search import Health, health_boost, search_as
 from gateway.flight.server import MeshFlightServer
 from gateway.registry import Registry
@@ -38,6 +35,7 @@ from gateway.users import UsersFile, add_user
 from policies import ANONYMOUS, Principal
 from policies.engine import PolicyEngine
 from tests.catalog_products import product, sqlite_source
+from tests.http import basic, http
 
 REPO = Path(__file__).resolve().parents[1]
 MESHGATE = [sys.executable, "-m", "gateway.cli"]
@@ -292,15 +290,8 @@ def test_mesh_catalog_over_flight_sql(served: Served) -> None:
 
 
 def get(served: Served, path: str, user: str | None = "alice") -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(served.http_url + path)
-    if user is not None:
-        credentials = base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {credentials}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    response = http(served.http_url + path, authorization=basic(user, PASSWORDS[user]) if user is not None else None)
+    return response.status, response.json()
 
 
 def test_rest_search_in_the_seed_designs_shape(served: Served) -> None:

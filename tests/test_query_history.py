@@ -10,15 +10,12 @@ of other tests in the shared gateway do not matter.
 
 from __future__ import annotations
 
-import base64
 import gc
 import json
 import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,8 +27,8 @@ import pytest
 
 from gateway import audit as audit_module
 from gateway.audit import AuditLog
-from gateway.cache import ResultCache
 from gateway.auth import Authenticator
+from gateway.cache import ResultCache
 from gateway.flight.server import MeshFlightServer
 from gateway.query_history import MAX_SQL_CHARS, STOPPED, QueryHistory
 from gateway.rest import create_app, serve_http
@@ -39,6 +36,7 @@ from gateway.service import GatewayService
 from gateway.users import UsersFile, add_user
 from policies import Principal
 from policies.engine import PolicyEngine
+from tests.http import basic, http
 from tests.mesh import LiveMesh, demo_clock
 
 pytestmark = pytest.mark.postgres
@@ -72,15 +70,8 @@ class Gateway:
             return cursor.fetch_arrow_table().to_pylist()
 
     def get(self, path: str, user: str | None) -> tuple[int, dict[str, Any]]:
-        request = urllib.request.Request(self.http_url + path)
-        if user is not None:
-            token = base64.b64encode(f"{user}:{PASSWORDS.get(user, 'wrong')}".encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+        response = http(self.http_url + path, authorization=basic(user, PASSWORDS.get(user, "wrong")) if user is not None else None)
+        return response.status, response.json()
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ Last, ``meshgate serve --http-port`` is started as a process.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import signal
 import socket
@@ -36,6 +34,7 @@ from gateway.rest import create_app, serve_http
 from gateway.service import GatewayService
 from gateway.users import UsersFile
 from policies.engine import PolicyEngine
+from tests.http import basic, http
 from tests.mesh import LiveMesh
 from tests.rest_api import PASSWORDS, write_users
 
@@ -53,19 +52,10 @@ class Api:
 
     def call(self, path: str, body: Any = None, user: str | None = None, token: str | None = None,
              method: str | None = None, raw: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(self.url + path, data=data, method=method or ("POST" if data is not None else "GET"))
-        request.add_header("Content-Type", "application/json")
-        if user is not None:
-            credentials = base64.b64encode(f"{user}:{PASSWORDS.get(user, 'wrong')}".encode()).decode()
-            request.add_header("Authorization", f"Basic {credentials}")
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read()), dict(response.headers)
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read()), dict(error.headers)
+        authorization = f"Bearer {token}" if token is not None else basic(user, PASSWORDS.get(user, "wrong")) if user is not None else None
+        response = http(self.url + path, body, authorization=authorization, method=method, raw=raw,
+                        headers={"Content-Type": "application/json"} if body is None and raw is None else None)
+        return response.status, response.json(), response.headers
 
     def evaluate(self, body: Any, user: str | None = "alice", **kwargs: Any) -> tuple[int, dict[str, Any]]:
         status, document, _ = self.call(EVALUATE, body, user=user, **kwargs)
