@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from gateway.descriptor import Descriptor
 from gateway.names import CATALOG
 from gateway.registry import Catalog
-from gateway.system_tables import listed_relations
+from gateway.system_tables import Visible, listed_relations
 
 
 @dataclass(frozen=True)
@@ -75,28 +75,35 @@ def _pk_columns(descriptor: Descriptor) -> list[str]:
     return [c.name for c in descriptor.columns if c.primary_key]
 
 
-def primary_keys(catalog: Catalog, where: TableFilter) -> list[KeyColumn]:
-    """The key columns of the tables ``where`` selects, ordered as GetPrimaryKeys wants."""
+def _everything(descriptor: Descriptor) -> bool:
+    return True
+
+
+def primary_keys(catalog: Catalog, where: TableFilter, visible: Visible = _everything) -> list[KeyColumn]:
+    """The key columns of the tables ``where`` selects among those ``visible`` (the products the
+    asking principal may read, as GetTables lists them), ordered as GetPrimaryKeys wants."""
     keys = [
         KeyColumn(ref, column, position, _pk_name(name))
-        for domain, name, descriptor in listed_relations(catalog)
+        for domain, name, descriptor in listed_relations(catalog, visible)
         if where.matches(ref := TableRef(CATALOG, domain, name))
         for position, column in enumerate(_pk_columns(descriptor), start=1)
     ]
     return sorted(keys, key=lambda k: (k.table.catalog, k.table.schema, k.table.table, k.name, k.sequence))
 
 
-def foreign_keys(catalog: Catalog, primary: TableFilter | None = None, foreign: TableFilter | None = None) -> list[ForeignKey]:
+def foreign_keys(catalog: Catalog, primary: TableFilter | None = None, foreign: TableFilter | None = None,
+                 visible: Visible = _everything) -> list[ForeignKey]:
     """Declared references whose referenced side matches ``primary`` and whose referencing side
-    matches ``foreign`` (None: any), ordered by the referencing table (callers re-sort for
-    imported keys)."""
+    matches ``foreign`` (None: any), both sides ``visible`` (a reference to a product the
+    principal may not read would reveal it), ordered by the referencing table (callers re-sort
+    for imported keys)."""
     keys: list[ForeignKey] = []
-    for domain, name, descriptor in listed_relations(catalog):
+    for domain, name, descriptor in listed_relations(catalog, visible):
         referencing = TableRef(CATALOG, domain, name)
         if foreign is not None and not foreign.matches(referencing):
             continue
         for column in descriptor.columns:
-            target = _referenced(catalog, column.spec.get("references"))
+            target = _referenced(catalog, column.spec.get("references"), visible)
             if target is None or (primary is not None and not primary.matches(target[0])):
                 continue
             referenced, referenced_column, target_pk = target
@@ -113,12 +120,12 @@ def foreign_keys(catalog: Catalog, primary: TableFilter | None = None, foreign: 
     return sorted(keys, key=lambda k: (k.foreign.catalog, k.foreign.schema, k.foreign.table, k.name))
 
 
-def _referenced(catalog: Catalog, reference: object) -> tuple[TableRef, str, list[str]] | None:
-    """(table, column, that table's key columns) a ``references`` value names, if registered."""
+def _referenced(catalog: Catalog, reference: object, visible: Visible) -> tuple[TableRef, str, list[str]] | None:
+    """(table, column, that table's key columns) a ``references`` value names, if registered and visible."""
     if not isinstance(reference, str) or reference.count(".") != 2:
         return None
     domain, product, column = reference.split(".")
     versions = catalog.versions.get(f"{domain}.{product}")
-    if not versions or column not in {c.name for c in versions[0].columns}:
+    if not versions or column not in {c.name for c in versions[0].columns} or not visible(versions[0]):
         return None
     return TableRef(CATALOG, domain, product), column, _pk_columns(versions[0])

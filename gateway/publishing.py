@@ -44,7 +44,7 @@ from gateway.quality import RuleResult, rules, run_gates, unreachable
 from gateway.registry import Registry
 from gateway.source_contract import contract_problems, extra_columns
 from gateway.source_roots import FILE_CONNECTORS
-from gateway.sources import SourceManager
+from gateway.sources import ENV_REFERENCE, SourceManager
 from connectors.base import Connector
 from policies import Principal
 from policies.engine import PolicyEngine
@@ -166,6 +166,7 @@ def publish(
     derived = _derived_problems(registry, valid)
     ordered = sorted(valid, key=lambda d: (d.product_id, d.version_key))
     checking = _derived_sources(registry, valid, sources, engine)
+    inputs = _inputs_of(registry, valid)
     try:
         for d in ordered:
             if progress:
@@ -175,7 +176,7 @@ def publish(
             batch = [e for e in ordered if e.product_id == d.product_id and e.version_key < d.version_key]
             results = _check_one(d, principal, registered, batch, policies, sources,
                                  checking.connector_for if checking else sources.connector_for, run_quality, report,
-                                 derived.get(f"{d.product_id} {d.version}", []))
+                                 derived.get(f"{d.product_id} {d.version}", []), inputs)
             if results is not None:
                 gates[(d.product_id, d.version)] = results
     finally:
@@ -205,6 +206,7 @@ def _check_one(
     run_quality: bool,
     report: PublishReport,
     derived_problems: list[str],
+    inputs: Callable[[Descriptor], list[Descriptor]],
 ) -> list[RuleResult] | None:
     """Append every check of one version to ``report``; returns the quality results when the
     gates ran (or could not), None when they were skipped."""
@@ -265,12 +267,19 @@ def _check_one(
         return None
 
     if d.derived:
+        derived_problems = [*derived_problems, *_entitlement_problems(d, principal, policies, inputs)]
         for problem in derived_problems:
             add("derived_inputs", "failed", problem)
         if derived_problems:
             return _gates_not_run(d, "its inputs could not be read (see derived_inputs)", add) if quality else None
         add("derived_inputs", "passed", "its inputs are registered and queryable, its query returns the contract's columns")
         return _gates(d, connector_for(d), run_quality, add)
+
+    environment = _environment_problem(d, principal, policies, registered)
+    if environment:
+        add("source_environment", "failed", environment)
+        add("source_connectivity", "skipped", "not opened: its uri reads the gateway's environment")
+        return _gates_not_run(d, "its uri reads the gateway's environment", add) if quality else None
 
     if d.source.connector in FILE_CONNECTORS and sources.roots is not None:
         refused = sources.roots.problems(d)
@@ -300,6 +309,23 @@ def _check_one(
     return _gates(d, connector, run_quality, add)
 
 
+def _environment_problem(d: Descriptor, principal: Principal, policies: PolicyEngine, registered: list[Descriptor]) -> str:
+    """Why ``d``'s uri may not reference the gateway's environment (``${VAR}``), or ''.
+
+    The gateway substitutes any of its environment variables into a uri when it connects, so a
+    new uri naming them could send the gateway's secrets to a host of the publisher's choosing
+    or have them echoed in an error ("no file at /data/<secret>"). Only an admin may publish a
+    uri that does; an owner may keep one a registered version of the product already uses."""
+    names = ENV_REFERENCE.findall(d.source.uri or "")
+    if not names or any(r.source.uri == d.source.uri for r in registered):
+        return ""
+    if policies.may_manage(principal, d.domain, weakens_governance=True).allowed:
+        return ""
+    return (f"spec.source.uri: references the gateway's environment ({', '.join('${' + n + '}' for n in names)}); "
+            f"a new uri that does needs role admin (the gateway substitutes its own secrets there), or keep the "
+            f"uri of a registered version of {d.product_id}")
+
+
 def _gates(d: Descriptor, connector: Connector, run_quality: bool, add: Callable[[str, str, str], None]) -> list[RuleResult] | None:
     """Run the quality gates of ``d`` over ``connector`` (its source, or its rows through the
     gateway for a derived product); None when there are none to run."""
@@ -326,6 +352,58 @@ def _derived_sources(registry: Registry, batch: list[Descriptor], sources: Sourc
 
     with_batch = registry.catalog(max_age=0).including(batch)
     return DerivedSources(lambda: with_batch, sources, engine)
+
+
+def _inputs_of(registry: Registry, batch: list[Descriptor]) -> Callable[[Descriptor], list[Descriptor]]:
+    """Every product a derived product reads, directly or through other derived products (over
+    the registry plus the batch), each once; one that does not resolve is left out (the
+    ``derived_inputs`` check reports it)."""
+    from gateway.lineage import query_references
+
+    catalog = registry.catalog(max_age=0).including(batch) if any(d.derived for d in batch) else None
+
+    def inputs(descriptor: Descriptor) -> list[Descriptor]:
+        found: dict[str, Descriptor] = {}
+        pending = [descriptor]
+        while pending and catalog is not None:
+            for domain, name in query_references(pending.pop()):
+                try:
+                    d = catalog.resolve(domain, name)
+                except MeshError:
+                    continue
+                if f"{d.product_id}@{d.version}" not in found and d.product_id != descriptor.product_id:
+                    found[f"{d.product_id}@{d.version}"] = d
+                    pending.append(d)
+        return list(found.values())
+
+    return inputs
+
+
+def _entitlement_problems(d: Descriptor, principal: Principal, policies: PolicyEngine,
+                          inputs: Callable[[Descriptor], list[Descriptor]]) -> list[str]:
+    """Why ``principal`` may not build derived product ``d`` on its inputs: an input it may not
+    read; or, when ``d`` has quality rules or contract constraints, an input it reads governed
+    (masked, filtered or with a minimum group size). The gates run over the inputs' real rows as
+    the platform (at publication and in the SLA monitor), and their counts and errors are shown
+    to the publisher: a rule such as ``name <> 'Ann'`` or ``CAST(name AS integer) > 0`` would
+    reveal what the publisher may only see masked. An admin may change any governance, so its
+    checks reveal nothing it could not read anyway."""
+    problems: list[str] = []
+    checked = bool(rules(d))
+    for source in inputs(d):
+        if policies.may_manage(principal, source.domain, weakens_governance=True).allowed:
+            continue
+        decision = policies.decide(principal, source)
+        if not decision.allowed:
+            problems.append(f"spec.source.query: {principal.name} may not read {source.product_id}, so may not build "
+                            "a product on it")
+        elif checked and (decision.masks or decision.row_filters or decision.min_group_size):
+            problems.append(
+                f"spec.source.query: {principal.name} reads {source.product_id} masked, filtered or in minimum group "
+                "sizes, but this product's quality rules and contract constraints are checked over its inputs' real "
+                f"rows, which would reveal them to {principal.name}: publish it without quality rules and column "
+                "constraints, or have an admin publish it")
+    return problems
 
 
 def _derived_problems(registry: Registry, batch: list[Descriptor]) -> dict[str, list[str]]:

@@ -626,13 +626,16 @@ class GatewayService:
     def table_types(self) -> list[str]:
         return ["SYSTEM TABLE", "TABLE", "VIEW"]
 
-    def primary_keys(self, where: TableFilter) -> list[KeyColumn]:
-        """Primary-key columns the contracts declare (``primary_key: true``)."""
-        return primary_keys(self.registry.catalog(), where)
+    def primary_keys(self, where: TableFilter, principal: Principal | None = None) -> list[KeyColumn]:
+        """Primary-key columns the contracts declare (``primary_key: true``); with a principal,
+        only of products it may read."""
+        return primary_keys(self.registry.catalog(), where, self._visible(principal))
 
-    def foreign_keys(self, primary: TableFilter | None = None, foreign: TableFilter | None = None) -> list[ForeignKey]:
-        """Foreign keys the contracts declare (``references``), filtered by either side."""
-        return foreign_keys(self.registry.catalog(), primary, foreign)
+    def foreign_keys(self, primary: TableFilter | None = None, foreign: TableFilter | None = None,
+                     principal: Principal | None = None) -> list[ForeignKey]:
+        """Foreign keys the contracts declare (``references``), filtered by either side; with a
+        principal, only between products it may read."""
+        return foreign_keys(self.registry.catalog(), primary, foreign, self._visible(principal))
 
     def catalog(self) -> Catalog:
         return self.registry.catalog()
@@ -664,6 +667,12 @@ class MetadataView:
         self, catalog: str | None, schema_pattern: str | None, table_pattern: str | None, table_types: Sequence[str] = ()
     ) -> list[TableInfo]:
         return self._service.list_tables(catalog, schema_pattern, table_pattern, table_types, self._principal)
+
+    def primary_keys(self, where: TableFilter) -> list[KeyColumn]:
+        return self._service.primary_keys(where, self._principal)
+
+    def foreign_keys(self, primary: TableFilter | None = None, foreign: TableFilter | None = None) -> list[ForeignKey]:
+        return self._service.foreign_keys(primary, foreign, self._principal)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._service, name)  # the other calls answer about one named table or the server

@@ -19,7 +19,8 @@ from gateway.descriptor import Descriptor
 from gateway.errors import SourceUnavailable
 from gateway.source_roots import SourceRoots
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""``${VAR}`` in a uri: substituted from the gateway's environment when it connects."""
 
 
 class SourceManager:
@@ -63,4 +64,4 @@ def _substitute_env(uri: str, product_id: str) -> str:
             raise SourceUnavailable(f"source of {product_id}: environment variable {name} (used in its uri) is not set")
         return os.environ[name]
 
-    return _ENV.sub(value, uri)
+    return ENV_REFERENCE.sub(value, uri)

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.lineage import DIRECTIONS, MAX_DEPTH, lineage
 from gateway.rest.app import ApiError, caller
+from gateway.rest.query import visible_product
 from policies import Principal
 
 router = APIRouter()
@@ -45,6 +46,7 @@ def product_lineage(product: str, request: Request, principal: Principal = Depen
     if problems:
         raise ApiError(422, "invalid request", "; ".join(f"{f}: {m}" for f, m in problems), problems[0][0])
     service = request.app.state.service
+    visible_product(service, principal, product)  # unknown or unreadable: 404 alike, no hint at other products
     visible = lambda descriptor: service.policies.decide(principal, descriptor).allowed  # noqa: E731
     graph = lineage(service.catalog(), product, direction, depth, visible)
     return JSONResponse(graph.as_json())

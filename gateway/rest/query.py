@@ -15,6 +15,7 @@ decimal), as a Flight SQL client binds by the prepared statement's parameter sch
 from __future__ import annotations
 
 import decimal
+import difflib
 import threading
 import time
 from typing import Any, Union
@@ -120,7 +121,19 @@ def visible_product(service: Any, principal: Principal, product_id: str) -> Desc
     domain, dot, name = product_id.partition(".")
     if not dot or not domain or not name:
         raise NotFound(f"'{product_id}' is not a product id: write domain.product (or domain.product@MAJOR)")
-    descriptor = service.registry.catalog(max_age=0).resolve(domain, name)  # read your writes
+    catalog = service.registry.catalog(max_age=0)  # read your writes
+    try:
+        descriptor = catalog.resolve(domain, name)
+    except NotFound as err:
+        # the catalog's message may name other products ("did you mean ...?"), a retirement
+        # note or the majors there are: only for a product the caller may read
+        known = catalog.versions.get(f"{domain}.{name.partition('@')[0]}") or [
+            r.descriptor for r in (catalog.retired.get(f"{domain}.{name.partition('@')[0]}") or {}).values()]
+        if known and service.may_read(principal, known[0]):
+            raise
+        visible = [d.product_id for d in catalog.products() if service.may_read(principal, d)]
+        close = difflib.get_close_matches(f"{domain}.{name.partition('@')[0]}", visible, n=3, cutoff=0.5)
+        raise NotFound(f"unknown data product '{product_id}'" + (f"; did you mean {', '.join(close)}?" if close else "")) from err
     if not service.may_read(principal, descriptor):
         raise NotFound(f"unknown data product '{product_id}'")
     return descriptor

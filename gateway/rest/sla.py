@@ -6,8 +6,8 @@ monitor recorded them (``gateway/sla_monitor.py``); only products the caller may
   ``history`` (newest first, ``history`` checks, default 10, 0 for none); ``breaching=true``
   keeps only products whose latest check breaches its SLA. ``monitor`` is the background
   monitor's state (null when the gateway runs without it).
-- ``GET /api/v1/sla/{product_id}?history=100``: one product; 404 if unknown, 403 if the caller
-  may not read it.
+- ``GET /api/v1/sla/{product_id}?history=100``: one product; 404 if unknown or if the caller
+  may not read it (an unreadable product is invisible, as in the data-products API).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from gateway.descriptor import Descriptor
-from gateway.rest.app import ApiError, caller
+from gateway.rest.app import caller
+from gateway.rest.query import visible_product
 from gateway.sla_monitor import SlaTargets, store_for
 from policies import Principal
 
@@ -53,14 +54,7 @@ def sla_product(
     principal: Principal = Depends(caller),
 ) -> dict[str, Any]:
     service = request.app.state.service
-    domain, dot, name = product_id.partition(".")
-    if not dot or not name:
-        raise ApiError(404, "not found", f"'{product_id}' is not a product id: write domain.product", "product_id")
-    descriptor = service.registry.catalog().resolve(domain, name)  # NotFound -> 404
-    decision = service.policies.decide(principal, descriptor)
-    if not decision.allowed:
-        raise ApiError(403, "permission denied", f"{principal.name} may not read {descriptor.product_id}: "
-                       + "; ".join(decision.reasons))
+    descriptor = visible_product(service, principal, product_id)  # unknown or unreadable: 404 alike
     store = store_for(service.registry)
     recorded = store.history(descriptor.product_id, max(history, 1))
     return _product(descriptor, recorded[0] if recorded else None, recorded[:history])
