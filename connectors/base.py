@@ -543,8 +543,9 @@ def uri_without_password(uri: str) -> str:
 
 
 def redact_uri(uri: str) -> str:
-    """Hide a password in ``scheme://user:password@host/...`` (and ``password=`` options)."""
-    uri = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", uri)
+    """Hide a password in ``scheme://user:password@host/...`` (and ``password=`` options). The
+    password runs to the last ``@`` of the word: an unencoded ``@`` in it must not leave its tail."""
+    uri = re.sub(r"(://[^:/@\s]+:)\S*@", r"\1***@", uri)
     return re.sub(r"(?i)(password=)[^&;\s]*", r"\1***", uri)
 
 

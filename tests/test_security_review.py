@@ -284,3 +284,13 @@ def test_a_policy_that_cannot_be_evaluated_denies(api: Api) -> None:
     nobody = Principal("nobody", frozenset({"analyst"}), {})  # no region: the row filter cannot be bound
     with pytest.raises(PermissionDenied):
         api.service.execute("SELECT count(*) FROM customers.customers", nobody).read_all()
+
+
+@pytest.mark.parametrize("uri", ["postgresql://app:p@ss:w0rd@db.internal:5432/shop", "postgresql://app:pa/ss@db/shop",
+                                 "postgresql://db/shop?user=app&password=p@ss:w0rd"])
+def test_a_password_with_at_signs_is_redacted_whole(uri: str) -> None:
+    from connectors.base import redact_uri
+
+    shown = redact_uri(f"source {uri} failed: connection refused")
+    assert "ss@" not in shown and "ss:" not in shown and "/ss" not in shown and "w0rd" not in shown, shown
+    assert "db" in shown and "connection refused" in shown, shown
