@@ -148,6 +148,8 @@ QUERIES: dict[str, str] = {
         WHERE segment IN ('enterprise', 'partner') AND country NOT IN ('US') GROUP BY segment ORDER BY segment""",
     "pinned_major_version": "SELECT count(*) FROM orders.\"orders@1\"",
     "values": "VALUES (1, 'one'), (2, 'two')",
+    "values_order_by_limit": "VALUES (1, 'one'), (3, NULL), (2, 'two') ORDER BY column1 DESC LIMIT 2",
+    "values_order_by_position": "VALUES (1, 'one'), (3, NULL), (2, 'two') ORDER BY 2 NULLS FIRST, 1 DESC",
 }
 
 

@@ -64,13 +64,27 @@ def parse_statement(sql: str) -> Statement:
 
 
 def _select_from_values(values: exp.Values) -> exp.Select:
-    """``VALUES ...`` as ``SELECT * FROM (VALUES ...)``, with PostgreSQL's column1, column2 names."""
+    """``VALUES ...`` as ``SELECT * FROM (VALUES ...)``, with PostgreSQL's column1, column2 names.
+
+    sqlglot parses ``VALUES ... ORDER BY ... LIMIT ... OFFSET ...`` into the VALUES node itself;
+    those clauses move to the SELECT, where they apply to the rows (inside a derived table's
+    VALUES they would be dropped or refused by the engine).
+    """
+    clauses = {key: values.args.get(key) for key in ("order", "limit", "offset")}
+    values = values.copy()
+    for key in clauses:
+        values.set(key, None)
     width = len(values.expressions[0].expressions) if values.expressions else 0
     alias = exp.TableAlias(
         this=exp.to_identifier("*VALUES*", quoted=True),
         columns=[exp.to_identifier(f"column{i + 1}") for i in range(width)],
     )
-    return exp.select("*").from_(exp.Subquery(this=values, alias=alias))
+    values.set("alias", alias)  # the tree sqlglot parses for ``FROM (VALUES ...) AS a(c1, c2)``
+    select = exp.select("*").from_(values)
+    for key, clause in clauses.items():
+        if clause is not None:
+            select.set(key, clause)
+    return select
 
 
 def _parse_one(sql: str) -> exp.Expression:
