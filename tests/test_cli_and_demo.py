@@ -108,6 +108,10 @@ def test_query_errors_exit_2_with_the_message(live_mesh: LiveMesh) -> None:
     result = meshgate("query", "--server", live_mesh.uri, "SELECT * FROM orders.nope")
     assert result.returncode == 2
     assert "unknown data product 'orders.nope'" in result.stderr
+    # the message alone: not pyarrow's server traceback (file paths) nor the driver's wrapping
+    assert result.stderr.startswith("error: NOT_FOUND: unknown data product"), result.stderr
+    assert "Traceback" not in result.stderr and "Detail:" not in result.stderr and "[FlightSQL]" not in result.stderr
+    assert "?." not in result.stderr  # "did you mean ...?" is the end of the gateway's message
 
 
 def test_running_gateway_sees_a_new_product_within_a_second(live_mesh: LiveMesh, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from rich.markup import escape
 from rich.table import Table
 
 from gateway.cli.common import DEFAULT_PORT, stderr, stdout
@@ -45,8 +46,8 @@ def cmd_query(args: argparse.Namespace) -> int:
             cursor.execute(args.sql, args.param or None)
             table = cursor.fetch_arrow_table()
     except AdbcError as err:
-        message = str(err).splitlines()[0]
-        stderr.print(f"[red]error:[/red] {message}", markup=True)
+        message = server_message(err)
+        stderr.print(f"[red]error:[/red] {escape(message)}", markup=True)
         invalid = any(code in message for code in ("INVALID_ARGUMENT", "NOT_FOUND", "InvalidArgument", "NotFound"))
         return 2 if invalid else 1
     elapsed = time.perf_counter() - started
@@ -54,6 +55,17 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.format == "table":
         stderr.print(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}, {elapsed * 1000:.0f} ms)")
     return 0
+
+
+def server_message(err: Exception) -> str:
+    """The gateway's own message from an ADBC error, without what the transport wraps it in.
+
+    pyarrow's Flight server appends ``". Detail: Python exception: <traceback>"`` to every
+    message (gateway/flight/server.py, "Errors") and the driver prefixes ``[FlightSQL]``; a user
+    needs neither, and the server's file paths are none of their business.
+    """
+    message = str(err).split(". Detail: ", 1)[0].splitlines()[0]
+    return message.replace("[FlightSQL] ", "", 1)
 
 
 def _print_table(table, fmt: str) -> None:  # noqa: ANN001
