@@ -360,6 +360,24 @@ def test_top_fills_the_terminal_and_no_more(gateway: Gateway) -> None:
         assert height - 3 <= len(lines) <= height, (height, len(lines))
 
 
+def test_top_in_an_80_column_terminal_keeps_the_short_columns_whole() -> None:
+    """Products and SQL give way; time, principal, status, ms, rows, bytes and cache stay readable."""
+    from rich.console import Console
+
+    from gateway.cli.top import Snapshot, render
+
+    now = datetime.now(timezone.utc)
+    query = {"id": "q1", "started": now.isoformat(), "finished": now.isoformat(), "principal": "alice",
+             "sql": "SELECT o.status, count(*) FROM orders.orders o JOIN payments.payments p USING (order_id)",
+             "products": [{"id": "orders.orders"}, {"id": "payments.payments"}], "status": "ok",
+             "duration_ms": 1234.5, "rows": 12345, "bytes": 123456, "cache": {"status": "bypass"}}
+    console = Console(width=80, record=True)
+    console.print(render(Snapshot("test", [query], now, None), recent=5))
+    row = next(line for line in console.export_text().splitlines() if "alice" in line and "│" in line)
+    cells = [cell.strip() for cell in row.strip("│").split("│")]
+    assert cells[:7] == [now.astimezone().strftime("%H:%M:%S"), "alice", "ok", "1,234.5", "12345", "120.6 KiB", "bypass"], row
+
+
 def test_top_errors(gateway: Gateway, free_port: Any) -> None:
     wrong = top(gateway, "--once", password="nope")
     assert wrong.returncode == 1 and "401" in wrong.stderr and "authentication failed" in wrong.stderr

@@ -267,9 +267,11 @@ def product_stats(queries: list[dict[str, Any]], window: float) -> dict[str, dic
 
 def _recent_table(queries: list[dict[str, Any]]) -> Table:
     table = Table(title=f"Recent ({len(queries)})", title_justify="left", expand=True)
-    for name, kwargs in (("finished", {}), ("principal", {}), ("status", {}), ("ms", {"justify": "right"}),
-                         ("rows", {"justify": "right"}), ("bytes", {"justify": "right"}), ("cache", {}),
-                         ("products", {"max_width": 36}), ("sql", {"ratio": 1})):
+    # the short columns keep their width (a time, a status, a number); products and sql give way
+    for name, kwargs in (("finished", {"min_width": 8}), ("principal", {"min_width": 5}), ("status", {"min_width": 6}),
+                         ("ms", {"justify": "right", "min_width": 7}), ("rows", {"justify": "right", "min_width": 5}),
+                         ("bytes", {"justify": "right", "min_width": 9}), ("cache", {"min_width": 6}),
+                         ("products", {"max_width": 36, "ratio": 1}), ("sql", {"ratio": 1})):
         table.add_column(name, no_wrap=True, overflow="ellipsis", **kwargs)
     for q in queries:
         status = q.get("status") or ""
