@@ -78,6 +78,8 @@ def test_sla_check_and_status_cli(tmp_path: Path) -> None:
     finally:
         receiver.close()
 
+    history = meshgate("sla", "status", "shop.orders", "--registry", str(registry))
+    assert "2 check(s) of shop.orders, 1 breaching its SLA" in history.stdout, history.stdout
     status = meshgate("sla", "status", "shop.orders", "--registry", str(registry), "--format", "json")
     assert status.returncode == 0, status.stderr
     checks = json.loads(status.stdout)

@@ -88,7 +88,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise NotFound(f"{args.product} has not been checked yet (run `meshgate sla check {args.product}`)")
     else:
         statuses = sorted(store.latest_all().values(), key=lambda s: s.product_id)
-    _print(statuses, args.format, times=True)
+    _print(statuses, args.format, times=True, history_of=args.product)
     return 0
 
 
@@ -104,7 +104,7 @@ def _monitored(monitor: Any, product: str):  # noqa: ANN202
                 if d.product_id == descriptor.product_id and d.major == descriptor.major)
 
 
-def _print(statuses: list, fmt: str, times: bool = False) -> None:  # noqa: ANN001
+def _print(statuses: list, fmt: str, times: bool = False, history_of: str | None = None) -> None:  # noqa: ANN001
     from gateway.sla_monitor import format_seconds
 
     if fmt == "json":
@@ -144,4 +144,7 @@ def _print(statuses: list, fmt: str, times: bool = False) -> None:  # noqa: ANN0
         table.add_row(s.product_id, s.version, *checked, freshness, availability, completeness, quality, verdict)
     stdout.print(table)
     breaching = sum(1 for s in statuses if s.breaches)
+    if history_of:  # one product's checks, newest first
+        stdout.print(f"{len(statuses)} check(s) of {history_of}, {breaching} breaching its SLA")
+        return
     stdout.print(f"{len(statuses)} product(s) checked, {breaching} breaching their SLA" if statuses else "no products checked")
