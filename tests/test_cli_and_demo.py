@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,6 +90,19 @@ def _read_until(stream, marker: str, timeout: float) -> str:  # noqa: ANN001
             raise AssertionError(f"never printed {marker!r}; got:\n{text}")
         text += line
     return text
+
+
+def test_serve_on_a_taken_flight_port_says_so(live_mesh: LiveMesh, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = meshgate("serve", "--host", "127.0.0.1", "--port", str(port), "--http-port", "0", "--no-sla-monitor",
+                          "--registry", str(live_mesh.registry.path), "--insecure-no-auth",
+                          "--audit-log", str(tmp_path / "audit.log"), env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 2, result.stderr
+    assert f"cannot serve Flight SQL on 127.0.0.1:{port}: Address already in use (choose another --port)" in result.stderr
+    assert "Traceback" not in result.stderr and "did not start properly" not in result.stderr
 
 
 def test_query_formats(live_mesh: LiveMesh) -> None:

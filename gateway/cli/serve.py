@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -268,13 +269,25 @@ def _start_monitor(service, options: dict):  # noqa: ANN001, ANN202
 
 def _serve(service, host: str, port: int, grace_period: float, banner: str = "", authenticator=None, tls=None,  # noqa: ANN001
            http: tuple[str, int | None] | None = None, monitor: dict | None = None) -> int:
+    import pyarrow as pa
+
     from gateway.flight.server import serve
 
     # Handlers first: a SIGTERM during start-up (the REST API takes a moment) must drain, not kill.
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = serve(service, host, port, authenticator=authenticator, tls=tls)
+    taken = _bind_problem(host, port)
+    if taken is None:
+        try:
+            server = serve(service, host, port, authenticator=authenticator, tls=tls)
+        except pa.ArrowException as err:  # pyarrow says only "Server did not start properly"
+            taken = _bind_problem(host, port) or str(err)
+    if taken is not None:
+        stderr.print(f"[red]error:[/red] cannot serve Flight SQL on {escape(host)}:{port}: {escape(taken)} "
+                     "(choose another --port)", highlight=False)
+        service.close()
+        return 2
     scheme = "grpc+tls" if tls else "grpc"
     stderr.print(f"meshgate {__version__} serving Flight SQL on {scheme}://{host}:{server.port}")
     rest = _start_http(service, authenticator, *http) if http is not None else None
@@ -306,6 +319,24 @@ def _serve(service, host: str, port: int, grace_period: float, banner: str = "",
     service.close()
     stderr.print("stopped")
     return 0
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (e.g. "Address already in use"), None if it can.
+
+    Checked before the Flight server starts: gRPC would log its own bind errors and pyarrow then
+    raise a bare "Server did not start properly" with a traceback, which tells a user nothing.
+    """
+    if port == 0:
+        return None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no obstacle
+            probe.bind(address)
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 def _start_http(service, authenticator, host: str, port: int | None):  # noqa: ANN001, ANN202
