@@ -3,6 +3,10 @@
 #   docker build -t meshgate .
 #   docker run -p 32010:32010 -p 8080:8080 -v "$PWD/products:/products:ro" meshgate
 #
+# The demo mesh (generated into the /data volume; users and passwords in its banner). It binds
+# 127.0.0.1 unless told otherwise, which inside a container nobody outside can reach:
+#   docker run -p 32010:32010 -p 8080:8080 meshgate demo --host 0.0.0.0
+#
 # The default command serves without authentication (every caller is principal `anonymous`,
 # policies still apply). For real use mount a users file and override the command, e.g.
 #   docker run ... -v "$PWD/users.yaml:/etc/meshgate/users.yaml:ro" meshgate \

@@ -32,7 +32,8 @@ def test_demo_generates_registers_serves_and_prints_how_to_connect(tmp_path: Pat
     env = {**os.environ, "MESHGATE_HOME": str(tmp_path / "home")}
     env.pop("MESHGATE_DEMO_PG_URI", None)
     process = subprocess.Popen(
-        [*MESHGATE, "demo", "--scale", "0.01", "--port", str(port), "--data-dir", str(tmp_path / "demo")],
+        [*MESHGATE, "demo", "--scale", "0.01", "--port", str(port), "--data-dir", str(tmp_path / "demo"),
+         "--host", "0.0.0.0", "--http-port", "0"],  # as in a container; the banner still says 127.0.0.1
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
@@ -75,7 +76,8 @@ def test_demo_generates_registers_serves_and_prints_how_to_connect(tmp_path: Pat
                 cur.execute("SELECT name FROM customers.customers LIMIT 1")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-        assert "served from DuckDB" in process.stderr.read()
+        stderr = process.stderr.read()
+        assert "served from DuckDB" in stderr and f"serving Flight SQL on grpc://0.0.0.0:{port}" in stderr
     finally:
         if process.poll() is None:
             process.kill()

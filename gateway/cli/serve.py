@@ -45,6 +45,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="generate a sample mesh, register it and serve it on 127.0.0.1")
     _add_server_options(demo)
     demo.add_argument("--data-dir", type=Path, default=None, help="where the demo data goes (default $MESHGATE_HOME/demo)")
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="address to bind, Flight SQL and REST (default 127.0.0.1; 0.0.0.0 in a container)")
     demo.add_argument("--port", type=int, default=DEFAULT_PORT)
     demo.add_argument("--scale", type=float, default=1.0, help="row-count multiplier (default 1.0: a few hundred thousand rows)")
     demo.add_argument("--postgres", default=os.environ.get("MESHGATE_DEMO_PG_URI"), help="PostgreSQL URI for the shipping domain (default $MESHGATE_DEMO_PG_URI; without it shipping is served from DuckDB)")
@@ -383,12 +385,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         service.close()
         return 0
     authenticator = _authenticator(accounts.users_file, 3600.0)
-    banner = _demo_banner(args.port, mesh, accounts)
-    return _serve(service, "127.0.0.1", args.port, args.grace_period, banner, authenticator=authenticator,
-                  http=("127.0.0.1", args.http_port), monitor=monitor)
+    # a wildcard address is reached locally through the loopback
+    address = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    banner = _demo_banner(address, args.port, mesh, accounts)
+    return _serve(service, args.host, args.port, args.grace_period, banner, authenticator=authenticator,
+                  http=(args.host, args.http_port), monitor=monitor)
 
 
-def _demo_banner(port: int, mesh, accounts) -> str:  # noqa: ANN001
+def _demo_banner(address: str, port: int, mesh, accounts) -> str:  # noqa: ANN001
     from gateway.demo_users import DEMO_USERS
 
     examples = "\n\n".join(f"-- {title}\n{sql}" for title, sql in mesh.example_queries)
@@ -410,11 +414,12 @@ def _demo_banner(port: int, mesh, accounts) -> str:  # noqa: ANN001
 {users}
 
 Connect as alice:
-  ADBC URI   grpc://127.0.0.1:{port}  with username alice, password {alice}
-  JDBC URL   jdbc:arrow-flight-sql://127.0.0.1:{port}/?useEncryption=false&user=alice&password={alice}
-  CLI        MESHGATE_PASSWORD={alice} meshgate query --server grpc://127.0.0.1:{port} --user alice "SHOW TABLES"
-  pyarrow    import adbc_driver_flightsql.dbapi as f
-             cur = f.connect("grpc://127.0.0.1:{port}", db_kwargs={{"username": "alice", "password": "{alice}"}}).cursor()
+  ADBC URI   grpc://{address}:{port}  with username alice, password {alice}
+  JDBC URL   jdbc:arrow-flight-sql://{address}:{port}/?useEncryption=false&user=alice&password={alice}
+  CLI        MESHGATE_PASSWORD={alice} meshgate query --server grpc://{address}:{port} --user alice "SHOW TABLES"
+  Python     import adbc_driver_flightsql.dbapi as f
+             cur = f.connect("grpc://{address}:{port}", autocommit=True,
+                             db_kwargs={{"username": "alice", "password": "{alice}"}}).cursor()
              cur.execute("SELECT * FROM orders.orders LIMIT 5"); print(cur.fetch_arrow_table())
 
 Example cross-domain queries:
