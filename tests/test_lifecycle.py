@@ -47,6 +47,7 @@ def test_init_scaffolds_a_descriptor_that_validates_and_registers(shop: Path) ->
                       "--domain", "sales", "--name", "orders", "-o", "products/orders.yaml", cwd=shop)
     assert result.returncode == 0, result.stderr
     assert "4 column(s) (2 required)" in result.stdout
+    assert "the owner owner@example.com" in " ".join(result.stdout.split())  # the placeholder to replace is named
     doc = yaml.safe_load((shop / "products" / "orders.yaml").read_text())
     assert doc["spec"]["source"] == {"connector": "sqlite", "uri": "../shop.db", "table": "orders"}
     assert [(c["name"], c["type"], c.get("required", False)) for c in doc["spec"]["schema"]] == [

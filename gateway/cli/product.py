@@ -222,7 +222,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         args.output.write_text(text, encoding="utf-8")
         required = sum(1 for c in doc["spec"]["schema"] if c.get("required"))
         stdout.print(f"wrote {args.output}: {args.domain}.{args.name} {args.version}, {len(doc['spec']['schema'])} column(s) "
-                     f"({required} required) from {escape(connector.display_name)}; replace the TODO placeholders, then "
+                     f"({required} required) from {escape(connector.display_name)}; replace the TODO placeholders"
+                     f"{'' if args.owner else f' and the owner {PLACEHOLDER_OWNER}'}, then "
                      f"`meshgate product validate {args.output}`", highlight=False)
     return 0
 
