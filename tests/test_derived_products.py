@@ -290,7 +290,7 @@ def test_a_cycle_or_retired_input_found_at_query_time_is_an_error(registry: Regi
     try:
         with pytest.raises(InvalidQuery, match=r"reads itself: analytics\.ring_\w -> analytics\.ring_\w -> analytics\.ring_\w"):
             run(service, "SELECT * FROM analytics.ring_b")
-        with pytest.raises(NotFound, match=r"analytics\.old_orders 1\.0\.0 reads data product 'orders\.order_items' was retired"):
+        with pytest.raises(NotFound, match=r"analytics\.old_orders 1\.0\.0: data product 'orders\.order_items' was retired"):
             run(service, "SELECT * FROM analytics.old_orders")
     finally:
         service.close()

@@ -94,7 +94,7 @@ def _governed_inputs(descriptor: Descriptor, ctx: PlanContext) -> exp.Query:
     except PermissionDenied as err:
         raise PermissionDenied(f"{err.message} (read by {label})") from err
     except NotFound as err:
-        raise NotFound(f"{label} reads {err.message}") from err
+        raise NotFound(f"{label}: {err.message}") from err
     except InvalidQuery as err:
         raise InvalidQuery(f"{label}: {err.message}") from err
     finally:

@@ -35,7 +35,7 @@ def list_queries(request: Request, principal: Principal = Depends(caller)) -> di
     if not is_admin(principal):
         if wanted is not None and wanted != principal.name:
             raise ApiError(403, "permission denied", f"{principal.name} may list only its own queries; "
-                           f"listing '{wanted}''s needs role {ADMIN_ROLE}", "principal")
+                           f"listing the queries of '{wanted}' needs role {ADMIN_ROLE}", "principal")
         wanted = principal.name
     entries = request.app.state.service.history.entries(
         principal=wanted, statuses=asked["status"], product=asked["product"], since=asked["since"], limit=asked["limit"]
