@@ -118,6 +118,10 @@ def set_status(
     pending = [r for r in chosen if r.status != "retired" and r.status != status]
     if status == "retired" and not force:
         problems = [p for r in pending if (p := _retire_problem(r, now))]
+        readers = _derived_readers(registry, product_id, records, pending)
+        if readers:
+            problems.append(f"derived product(s) {', '.join(readers)} read it and would stop answering: "
+                            "change or retire them first")
         if problems:
             raise PreconditionFailed(f"cannot retire {product_id} yet: " + "; ".join(problems)
                                      + " (an admin may retire earlier with --force)")
@@ -125,6 +129,27 @@ def set_status(
                                   reason=reason, replaced_by=replaced_by, at=now)
     unchanged = tuple(r.version for r in chosen if r.version not in changed)
     return StatusChange(product_id, status, tuple(changed), unchanged, now, principal.name, reason, replaced_by, force)
+
+
+def _derived_readers(registry: Registry, product_id: str, records: list[VersionRecord], retiring: list[VersionRecord]) -> list[str]:
+    """The derived products whose queries read a major that retiring ``retiring`` takes away
+    (every queryable version of that major is in it): they would fail with NOT_FOUND."""
+    from gateway.lineage import QUERY, LineageGraph
+
+    leaving = {r.version for r in retiring}
+    gone = {r.descriptor.major for r in records if r.version in leaving}
+    gone = {m for m in gone if all(r.version in leaving or r.status == "retired"
+                                   for r in records if r.descriptor.major == m)}
+    if not gone:
+        return []
+    catalog = registry.catalog(max_age=0)
+    versions = catalog.versions.get(product_id)
+    if not versions:
+        return []
+    graph = LineageGraph(catalog)
+    newest = versions[0].major
+    nodes = {product_id if m == newest else f"{product_id}@{m}" for m in gone}
+    return sorted({e.downstream for n in nodes for e in graph.downstream.get(n, []) if e.kind == QUERY} - nodes)
 
 
 def _retire_problem(record: VersionRecord, now: float) -> str:

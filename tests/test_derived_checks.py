@@ -237,3 +237,24 @@ def test_a_query_of_a_derived_product_counts_for_it_and_its_inputs(service: Gate
     assert [a - b for a, b in zip(after, before)] == [1, 1, 1]
     rows = REGISTRY.get_sample_value("product_rows_returned_total", {"product_id": "analytics.order_emails"})
     assert rows is not None and rows >= 1
+
+
+def test_retiring_an_input_of_a_derived_product_is_refused(data: Path, tmp_path: Path) -> None:
+    """Retiring what a derived product's query reads would break it silently: refused, naming the
+    derived product, until it is retired itself (or an admin forces it)."""
+    from gateway.errors import PreconditionFailed
+    from gateway.lifecycle import set_status
+
+    registry = Registry(tmp_path / "registry.db")
+    registry.register([orders(data), customers(data)])
+    registry.register([order_emails(rules=[])])
+    policies = PolicyEngine.load()
+    set_status(registry, policies, "crm.customers", "1", "deprecated", ADMIN)
+    with pytest.raises(PreconditionFailed, match=r"derived product\(s\) analytics\.order_emails read it"):
+        set_status(registry, policies, "crm.customers", "1", "retired", ADMIN)
+    set_status(registry, policies, "analytics.order_emails", "1", "deprecated", ADMIN)
+    set_status(registry, policies, "analytics.order_emails", "1", "retired", ADMIN)
+    assert set_status(registry, policies, "crm.customers", "1", "retired", ADMIN).changed == ("1.0.0",)
+    registry.register([orders(data, "2.0.0")])  # a second major: retiring the first one leaves the product
+    set_status(registry, policies, "sales.orders", "1", "deprecated", ADMIN)
+    assert set_status(registry, policies, "sales.orders", "1", "retired", ADMIN).changed == ("1.0.0",)
