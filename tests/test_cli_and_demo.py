@@ -107,6 +107,23 @@ def test_serve_on_a_taken_flight_port_says_so(live_mesh: LiveMesh, tmp_path: Pat
     assert "Traceback" not in result.stderr and "did not start properly" not in result.stderr
 
 
+def test_an_open_gateway_listens_on_loopback_unless_told(live_mesh: LiveMesh, tmp_path: Path, free_port) -> None:  # noqa: ANN001
+    """Without authentication and without --host the gateway binds 127.0.0.1, not every interface."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*MESHGATE, "serve", "--insecure-no-auth", "--port", str(port), "--http-port", "0", "--no-sla-monitor",
+         "--registry", str(live_mesh.registry.path), "--audit-log", str(tmp_path / "audit.log")],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "250"},
+    )
+    try:
+        lines = [process.stderr.readline() for _ in range(2)]
+        assert "authentication is OFF" in lines[0] and "listening on 127.0.0.1 only" in lines[0], lines
+        assert f"serving Flight SQL on grpc://127.0.0.1:{port}" in lines[1], lines
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
 def test_query_formats(live_mesh: LiveMesh) -> None:
     sql = "SELECT segment, priority FROM customers.segments ORDER BY segment"
     table = meshgate("query", "--server", live_mesh.uri, sql)

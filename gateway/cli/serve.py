@@ -31,7 +31,8 @@ from gateway.cli.common import (
 def add_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="serve registered data products over Arrow Flight SQL")
     _add_server_options(serve)
-    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    serve.add_argument("--host", default=None,
+                       help="address to bind (default 0.0.0.0; with --insecure-no-auth 127.0.0.1, so an open gateway is not on the network by accident)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"Flight SQL port (default {DEFAULT_PORT})")
     serve.add_argument("--http-host", default=None, help="address the REST API binds (default: --host)")
     serve.add_argument("--products", type=Path, action="append", default=[], help="register descriptors from this file or folder first (repeatable)")
@@ -191,8 +192,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (UsersFileError, ValueError) as err:
         stderr.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
         return 2
+    if args.host is None:
+        args.host = "127.0.0.1" if authenticator is None else "0.0.0.0"
     if authenticator is None:
-        stderr.print("[yellow]WARNING: authentication is OFF (--insecure-no-auth): every caller is 'anonymous' with role 'public'[/yellow]")
+        stderr.print("[yellow]WARNING: authentication is OFF (--insecure-no-auth): every caller is 'anonymous' with role 'public'"
+                     + ("; listening on 127.0.0.1 only (give --host to listen beyond)" if args.host == "127.0.0.1" else "")
+                     + "[/yellow]", soft_wrap=True)
     else:
         stderr.print(
             f"authentication on: {len(authenticator.users)} users from {escape(str(args.users))} (re-read when it changes); "
