@@ -190,6 +190,10 @@ def test_diff_marks_breaking_changes(meshgate, product: Path, tmp_path: Path) ->
     assert "spec.schema.note: nullable column added (string)" in result.out
     assert "BREAKING spec.schema.note" not in result.out
     assert "register would refuse this; publish it as 2.0.0" in result.out
+    gate = meshgate("product", "diff", str(write(tmp_path, "d.yaml", "1.1.0", change)), "--registry", registry, "--exit-code")
+    assert gate.code == 1  # for CI: the change would be refused
+    compatible = write(tmp_path, "ok.yaml", "1.1.0", lambda doc: doc["spec"]["schema"].append({"name": "note", "type": "string"}))
+    assert meshgate("product", "diff", str(compatible), "--registry", registry, "--exit-code").code == 0
 
 
 def test_validate_compares_the_real_table_with_the_contract(meshgate, product: Path, tmp_path: Path) -> None:  # noqa: ANN001

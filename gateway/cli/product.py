@@ -82,6 +82,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     diff.add_argument("--audit-log", type=Path, default=None,
                       help="where a breaking change's recent consumers are read (default: audit.log beside the registry)")
     diff.add_argument("--days", type=int, default=30, help="how far back consumers count as recent (default 30)")
+    diff.add_argument("--exit-code", action="store_true",
+                      help="exit 1 when register would refuse the change (a breaking change within the same major), for CI")
 
     for verb, status, text in (("deprecate", "deprecated", "mark a product, major or version deprecated (still queryable, flagged)"),
                                ("retire", "retired", "retire a deprecated product, major or version after its notice period (no longer queryable)")):
@@ -326,7 +328,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         from gateway.cli.lineage import print_impact
 
         print_impact(args.registry, f"{previous.product_id}@{previous.major}", args.audit_log, args.days)
-    return 0
+    return 1 if args.exit_code and breaking and new.major == previous.major else 0
 
 
 def cmd_set_status(args: argparse.Namespace) -> int:
