@@ -91,12 +91,9 @@ class QueryCache:
         """The final result's lookup, or why the result is not cached."""
         if any(f.local is not None for f in bound.fragments):
             return "system tables are not cached"
-        products = self._products([b for f in plan.fragments for b in f.bindings if b.descriptor and b.connector])
+        products = self._bounds(plan, [b for f in plan.fragments for b in f.bindings], max_staleness)
         if isinstance(products, str):
             return products
-        products += _derived(plan, {p.product for p in products})
-        if max_staleness is not None and max_staleness <= 0:
-            return "the client allows no staleness (max_staleness 0)"
         key = cache_key([
             RESULT,
             *((f.name, f.connector.display_name if f.connector else None, f.sql, f.post_sql) for f in bound.fragments),
@@ -114,16 +111,23 @@ class QueryCache:
         connector = fragment.connector
         if connector is None or fragment.local is not None:
             return "in memory"
-        products = self._products([b for b in fragment.bindings if b.descriptor and b.connector])
+        products = self._bounds(plan, list(fragment.bindings), max_staleness)
         if isinstance(products, str):
             return products
-        products += _derived(plan, {p.product for p in products})
-        if max_staleness is not None and max_staleness <= 0:
-            return "the client allows no staleness (max_staleness 0)"
         key = cache_key([
             FRAGMENT, connector.kind, connector.source_id, sql, bound.post_sql, str(bound.expected), bound.products,
         ])
         return Lookup(FRAGMENT, key, products, max_staleness)
+
+    def _bounds(self, plan: Plan, bindings: list, max_staleness: float | None) -> tuple[ProductFreshness, ...] | str:  # noqa: ANN001
+        """The freshness bounds of an entry reading ``bindings`` (the stored products and the
+        derived products of ``plan`` they feed), or why it is not cached."""
+        products = self._products([b for b in bindings if b.descriptor and b.connector])
+        if isinstance(products, str):
+            return products
+        if max_staleness is not None and max_staleness <= 0:
+            return "the client allows no staleness (max_staleness 0)"
+        return products + _derived(plan, {p.product for p in products})
 
     def _products(self, bindings: list) -> tuple[ProductFreshness, ...] | str:  # noqa: ANN001 - planner Bindings
         found: dict[str, ProductFreshness] = {}
