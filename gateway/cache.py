@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import threading
 import time
 import weakref
@@ -66,27 +65,10 @@ MEMORY, REDIS = "memory", "redis"
 
 MAX_STALENESS_HEADER = "X-Meshgate-Max-Staleness"
 """HTTP request header a REST client sends to bound how old a cached answer may be (seconds or
-a duration such as ``5m``; ``0`` bypasses the cache): pass ``parse_duration(value)`` to
+a duration such as ``5m``; ``0`` bypasses the cache): pass ``gateway.types.parse_duration(value)`` to
 ``GatewayService.execute(max_staleness=...)``, as Flight SQL's ``max_staleness`` session option is."""
 
 DEFAULT_MAX_ENTRY_BYTES = 64 * 1024**2
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds of ``30``, ``2.5``, ``'30'``, ``'500ms'``, ``'5m'``, ``'1h'``, ``'1d'``; None for None."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (write e.g. 30s, 5m, 1h, 1d)")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
-
 
 def default_cache_bytes() -> int:
     """1/16 of the machine's RAM (256 MiB where it cannot be read)."""

@@ -40,7 +40,6 @@ from gateway.lineage import query_references
 from gateway.planner import PlanContext, bind, parse_statement, plan_statement
 from gateway.planner.expand_derived_products import typed
 from gateway.sources import SourceManager
-from gateway.watermarks import freshness_column
 from policies.decision import Decision
 
 if TYPE_CHECKING:
@@ -161,7 +160,7 @@ class DerivedConnector(Connector):
         """The oldest of its stored inputs' freshness (module docstring); ``column`` is not used."""
         oldest: tuple[Freshness, Descriptor] | None = None
         for d in self.derived_sources.stored_inputs(self.descriptor):
-            found = self.derived_sources.connector_for(d).freshness(d.source.table, d.source.query, freshness_column(d))
+            found = self.derived_sources.connector_for(d).freshness(d.source.table, d.source.query, d.sla.freshness_column)
             if found.as_of is None:
                 return Freshness(None, f"unknown: input {d.product_id} ({found.basis})")
             if oldest is None or found.as_of < oldest[0].as_of:  # type: ignore[operator]

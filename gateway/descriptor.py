@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from gateway.errors import InvalidDescriptor
-from gateway.types import ContractType, parse_type
+from gateway.types import ContractType, parse_duration, parse_type
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-[0-9A-Za-z.-]+)?$")
@@ -52,6 +53,41 @@ class Source:
     query: str | None
 
 
+DEFAULT_MONITOR_EVERY = 300.0
+"""Seconds between the SLA monitor's checks of a product without ``sla.monitor_every``."""
+
+
+@dataclass(frozen=True)
+class Sla:
+    """A product's ``spec.sla`` in numbers (seconds, percentages, a 0-1 score): what the cache,
+    the watermarks and the SLA monitor read, parsed in one place."""
+
+    freshness: float | None = None
+    freshness_column: str | None = None
+    availability: float | None = None  # percent of probes that must succeed
+    completeness: float | None = None  # percent of the previous check's rows
+    quality_threshold: float | None = None  # lowest acceptable quality score, 0-1
+    monitor_every: float = DEFAULT_MONITOR_EVERY
+    stale_while_revalidate: float = 0.0
+
+    @classmethod
+    def of(cls, sla: dict[str, Any]) -> Sla:
+        """From a validated ``spec.sla`` mapping (missing keys: the defaults)."""
+        return cls(
+            freshness=parse_duration(sla.get("freshness")),
+            freshness_column=sla.get("freshness_column"),
+            availability=_number(sla.get("availability")),
+            completeness=_number(sla.get("completeness")),
+            quality_threshold=_number(sla.get("quality_threshold")),
+            monitor_every=parse_duration(sla.get("monitor_every")) or DEFAULT_MONITOR_EVERY,
+            stale_while_revalidate=parse_duration(sla.get("stale_while_revalidate")) or 0.0,
+        )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 @dataclass(frozen=True)
 class Descriptor:
     """A validated data product version."""
@@ -84,6 +120,12 @@ class Descriptor:
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
+
+    @cached_property
+    def sla(self) -> Sla:
+        """``spec.sla`` parsed once per version (the cache reads it on every query)."""
+        sla = self.raw.get("spec", {}).get("sla")
+        return Sla.of(sla if isinstance(sla, dict) else {})
 
     @property
     def derived(self) -> bool:

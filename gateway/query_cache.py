@@ -26,25 +26,12 @@ from gateway.cache import (
     ResultCache,
     cache_key,
     format_seconds,
-    parse_duration,
 )
 from gateway.descriptor import Descriptor
 from gateway.engine import FragmentCache
 from gateway.planner.bind import BoundFragment, BoundPlan
 from gateway.planner.plan import Fragment, Plan
-from gateway.watermarks import Watermarks, freshness_column
-
-
-def freshness_sla(descriptor: Descriptor) -> float | None:
-    """Seconds of the product's ``spec.sla.freshness``, None without one."""
-    sla = descriptor.raw.get("spec", {}).get("sla") or {}
-    return parse_duration(sla.get("freshness")) if isinstance(sla, dict) else None
-
-
-def stale_while_revalidate(descriptor: Descriptor) -> float:
-    """Seconds of the product's ``spec.sla.stale_while_revalidate`` (0 without one)."""
-    sla = descriptor.raw.get("spec", {}).get("sla") or {}
-    return (parse_duration(sla.get("stale_while_revalidate")) or 0.0) if isinstance(sla, dict) else 0.0
+from gateway.watermarks import Watermarks
 
 
 def _derived(plan: Plan, reads: set[str]) -> tuple[ProductFreshness, ...]:
@@ -54,9 +41,9 @@ def _derived(plan: Plan, reads: set[str]) -> tuple[ProductFreshness, ...]:
     found = []
     for read in plan.derived:
         inputs = tuple(i for i in read.inputs if i in reads)
-        sla = freshness_sla(read.descriptor)
+        sla = read.descriptor.sla.freshness
         if inputs and sla is not None:
-            found.append(ProductFreshness(read.label, sla, stale_while_revalidate(read.descriptor), inputs=inputs))
+            found.append(ProductFreshness(read.label, sla, read.descriptor.sla.stale_while_revalidate, inputs=inputs))
     return tuple(found)
 
 
@@ -136,7 +123,7 @@ class QueryCache:
             label = f"{d.product_id}@{d.version}"
             if label in found:
                 continue
-            sla = freshness_sla(d)
+            sla = d.sla.freshness
             if sla is None:
                 return f"{d.product_id} declares no sla.freshness"
             found[label] = self._freshness(d, binding.connector, label, sla)
@@ -146,8 +133,8 @@ class QueryCache:
 
     def _freshness(self, descriptor: Descriptor, connector: Connector, label: str, sla: float) -> ProductFreshness:
         return ProductFreshness(
-            label, sla, stale_while_revalidate(descriptor), self.watermarks.current(descriptor, connector),
-            data_age_counts=freshness_column(descriptor) is not None,
+            label, sla, descriptor.sla.stale_while_revalidate, self.watermarks.current(descriptor, connector),
+            data_age_counts=descriptor.sla.freshness_column is not None,
         )
 
     # --- the engine's fragment hook ---------------------------------------------------------

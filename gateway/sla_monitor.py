@@ -53,15 +53,12 @@ from sqlglot import exp
 
 from connectors.base import Connector
 from gateway import metrics
-from gateway.alerts import Alert, AlertSink
-from gateway.cache import parse_duration
-from gateway.descriptor import Descriptor
 from gateway import quality as gates
+from gateway.alerts import Alert, AlertSink
+from gateway.descriptor import Descriptor, Sla
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MONITOR_EVERY = 300.0
-"""Seconds between a product's checks without ``sla.monitor_every``."""
 DEFAULT_CHECK_TIMEOUT = 30.0
 DEFAULT_AVAILABILITY_WINDOW = 24 * 3600.0
 HISTORY_DAYS = 30
@@ -81,31 +78,6 @@ CREATE TABLE IF NOT EXISTS sla_checks (
 );
 CREATE INDEX IF NOT EXISTS sla_checks_by_product ON sla_checks (product_id, checked_at);
 """
-
-
-@dataclass(frozen=True)
-class SlaTargets:
-    """A product's ``spec.sla``, in numbers (seconds, percentages, a 0-1 score)."""
-
-    freshness: float | None = None
-    freshness_column: str | None = None
-    availability: float | None = None  # percent of probes that must succeed
-    completeness: float | None = None  # percent of the previous check's rows
-    quality_threshold: float | None = None  # lowest acceptable quality score, 0-1
-    monitor_every: float = DEFAULT_MONITOR_EVERY
-
-    @classmethod
-    def of(cls, descriptor: Descriptor) -> SlaTargets:
-        sla = descriptor.raw.get("spec", {}).get("sla") or {}
-        every = parse_duration(sla.get("monitor_every"))
-        return cls(
-            freshness=parse_duration(sla.get("freshness")),
-            freshness_column=sla.get("freshness_column"),
-            availability=_number(sla.get("availability")),
-            completeness=_number(sla.get("completeness")),
-            quality_threshold=_number(sla.get("quality_threshold")),
-            monitor_every=every if every else DEFAULT_MONITOR_EVERY,
-        )
 
 
 @dataclass(frozen=True)
@@ -146,7 +118,7 @@ class SlaStatus:
     quality_score: float | None
     quality: tuple[dict[str, Any], ...]
     problems: tuple[str, ...]
-    targets: SlaTargets
+    targets: Sla
     breaches: dict[str, str] = field(default_factory=dict)  # condition -> what was observed
 
     @property
@@ -156,6 +128,7 @@ class SlaStatus:
     def to_json(self) -> dict[str, Any]:
         """The REST and CLI shape: times as ISO 8601 UTC, the targets as declared."""
         body = asdict(self)
+        body["targets"] = targets_json(self.targets)
         body["checked_at"] = _iso(self.checked_at)
         body["as_of"] = _iso(self.as_of) if self.as_of is not None else None
         body["probes"] = {"succeeded": self.probes[0], "total": self.probes[1]}
@@ -165,7 +138,7 @@ class SlaStatus:
     @classmethod
     def from_stored(cls, text: str) -> SlaStatus:
         body = json.loads(text)
-        body["targets"] = SlaTargets(**body["targets"])
+        body["targets"] = Sla(**body["targets"])
         body["probes"] = tuple(body["probes"])
         body["quality"] = tuple(body["quality"])
         body["problems"] = tuple(body["problems"])
@@ -191,7 +164,7 @@ class SlaStore:
             self._local.conn = conn
         return conn
 
-    def record(self, measured: Measurement, targets: SlaTargets, window: float) -> tuple[SlaStatus, SlaStatus | None]:
+    def record(self, measured: Measurement, targets: Sla, window: float) -> tuple[SlaStatus, SlaStatus | None]:
         """Judge ``measured`` against ``targets`` with the product's history (availability over
         ``window`` seconds, the previous row count), store it, prune old checks; all in one
         transaction. Returns (the new status, the previous one)."""
@@ -281,7 +254,7 @@ def latest(registry: Any, product_id: str) -> SlaStatus | None:
 # --- one check ---------------------------------------------------------------------------------------
 
 
-def measure(descriptor: Descriptor, connector: Connector, targets: SlaTargets, clock: Callable[[], float] = time.time,
+def measure(descriptor: Descriptor, connector: Connector, targets: Sla, clock: Callable[[], float] = time.time,
             product_id: str | None = None) -> Measurement:
     """Ask the product's source: the probe first; if it answers, freshness, the row count (when
     the SLA has a completeness target) and the quality rules. Never raises for a source's failure.
@@ -321,7 +294,7 @@ def measure(descriptor: Descriptor, connector: Connector, targets: SlaTargets, c
                        freshness_basis=basis, row_count=row_count, quality=quality, problems=tuple(problems))
 
 
-def judge(measured: Measurement, targets: SlaTargets, probes: tuple[int, int], previous_rows: int | None) -> SlaStatus:
+def judge(measured: Measurement, targets: Sla, probes: tuple[int, int], previous_rows: int | None) -> SlaStatus:
     """The status of a measurement: its derived numbers and the conditions it breaches."""
     age = measured.started_at - measured.as_of if measured.as_of is not None else None
     availability = 100.0 * probes[0] / probes[1] if probes[1] else None
@@ -363,7 +336,7 @@ def judge(measured: Measurement, targets: SlaTargets, probes: tuple[int, int], p
 class _Check:
     key: str  # what the check is recorded under: domain.name, or domain.name@N for an older major
     descriptor: Descriptor
-    targets: SlaTargets
+    targets: Sla
     deadline: float  # time.monotonic()
     started_at: float  # the monitor's clock
     done: threading.Event = field(default_factory=threading.Event)
@@ -492,7 +465,7 @@ class SlaMonitor:
                 if last is not None:
                     self._last_started[key] = (last.checked_at, last.version)
             started, version = self._last_started.get(key, (None, None))
-            if started is None or version != d.version or now - started >= SlaTargets.of(d).monitor_every:
+            if started is None or version != d.version or now - started >= d.sla.monitor_every:
                 due.append((key, d))
         due.sort(key=lambda item: self._last_started.get(item[0], (0.0, ""))[0])  # the longest waiting first
         return due[: max(0, room)]
@@ -511,7 +484,7 @@ class SlaMonitor:
 
     def _launch(self, products: Sequence[tuple[str, Descriptor]]) -> None:
         for key, d in products:
-            check = _Check(key, d, SlaTargets.of(d), time.monotonic() + self.check_timeout, self.clock())
+            check = _Check(key, d, d.sla, time.monotonic() + self.check_timeout, self.clock())
             with self._lock:
                 self._checks[key] = check
             self._last_started[key] = (check.started_at, d.version)
@@ -561,7 +534,7 @@ class SlaMonitor:
 
     # --- recording and alerting -------------------------------------------------------------------
 
-    def _record(self, descriptor: Descriptor, measured: Measurement, targets: SlaTargets) -> SlaStatus | None:
+    def _record(self, descriptor: Descriptor, measured: Measurement, targets: Sla) -> SlaStatus | None:
         try:
             status, previous = self.store.record(measured, targets, self.availability_window)
         except Exception:  # noqa: BLE001
@@ -649,14 +622,19 @@ def format_seconds(seconds: float) -> str:
     return " ".join(parts[:2])
 
 
+MONITORED = ("freshness", "freshness_column", "availability", "completeness", "quality_threshold", "monitor_every")
+"""The ``spec.sla`` keys the monitor judges or schedules by (``stale_while_revalidate`` is the cache's)."""
+
+
+def targets_json(sla: Sla) -> dict[str, Any]:
+    """What the monitor holds a product to, as REST and the CLI show it."""
+    return {key: getattr(sla, key) for key in MONITORED}
+
+
 def _iso(unix: float | None) -> str | None:
     if unix is None:
         return None
     return datetime.fromtimestamp(unix, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _message(err: BaseException) -> str:
@@ -664,5 +642,5 @@ def _message(err: BaseException) -> str:
     return text.splitlines()[0][:500]
 
 
-__all__ = ["CONDITIONS", "Measurement", "SlaMonitor", "SlaStatus", "SlaStore", "SlaTargets", "judge", "latest",
+__all__ = ["CONDITIONS", "Measurement", "SlaMonitor", "SlaStatus", "SlaStore", "judge", "latest",
            "measure", "store_for"]

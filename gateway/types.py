@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -90,3 +91,20 @@ def sql_type_name(arrow_type: pa.DataType) -> str:
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type):
         return "text"
     return str(arrow_type)
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds of ``30``, ``2.5``, ``'30'``, ``'500ms'``, ``'5m'``, ``'1h'``, ``'1d'``; None for None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (write e.g. 30s, 5m, 1h, 1d)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]

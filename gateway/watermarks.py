@@ -28,12 +28,6 @@ DEFAULT_INTERVAL = 5.0
 """Seconds a watermark reading is reused before the source is asked again."""
 
 
-def freshness_column(descriptor: Descriptor) -> str | None:
-    sla = descriptor.raw.get("spec", {}).get("sla") or {}
-    column = sla.get("freshness_column") if isinstance(sla, dict) else None
-    return column if isinstance(column, str) else None
-
-
 def stalest_newest_data(descriptors: Iterable[Descriptor], connector_for: Callable[[Descriptor], Connector]) -> float | None:
     """The oldest of the products' newest freshness-column values (epoch seconds): the moment by
     which every product with a freshness column had data. Benchmarks and tests set their cache
@@ -41,7 +35,7 @@ def stalest_newest_data(descriptors: Iterable[Descriptor], connector_for: Callab
     no product declares a freshness column or none has data."""
     newest = []
     for d in descriptors:
-        column = freshness_column(d)
+        column = d.sla.freshness_column
         if column is not None:
             found = connector_for(d).freshness(d.source.table, d.source.query, column)
             if found.as_of is not None:
@@ -84,7 +78,7 @@ class Watermarks:
     def _read(self, descriptor: Descriptor, connector: Connector, previous: float | None) -> float | None:
         self.reads += 1
         try:
-            found = connector.freshness(descriptor.source.table, descriptor.source.query, freshness_column(descriptor))
+            found = connector.freshness(descriptor.source.table, descriptor.source.query, descriptor.sla.freshness_column)
         except Exception as err:  # noqa: BLE001 - any driver error: keep what we knew
             log.warning("cannot read the freshness watermark of %s (keeping the previous one): %s",
                         descriptor.product_id, str(err).splitlines()[0][:300] if str(err) else type(err).__name__)

@@ -21,10 +21,11 @@ import pyarrow.flight as flight
 import pytest
 
 from gateway.audit import AuditLog
-from gateway.cache import BYPASS, HIT, MISS, ResultCache, parse_duration
+from gateway.cache import BYPASS, HIT, MISS, ResultCache
 from gateway.flight.server import MeshFlightServer
 from gateway.registry import Registry
 from gateway.service import GatewayService
+from gateway.types import parse_duration
 from policies import ANONYMOUS, Principal
 from policies.engine import PolicyEngine
 from tests.mesh import OPEN_POLICIES, Clock, LiveMesh, demo_clock

@@ -13,7 +13,6 @@ import datetime as dt
 import decimal
 import json
 import subprocess
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import adbc_driver_flightsql
 import adbc_driver_flightsql.dbapi as flightsql

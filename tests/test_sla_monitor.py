@@ -9,7 +9,7 @@ import json
 import sqlite3
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,9 +19,9 @@ import yaml
 
 from gateway import metrics
 from gateway.alerts import AlertSink
-from gateway.descriptor import load_file
+from gateway.descriptor import Sla, load_file
 from gateway.registry import Registry
-from gateway.sla_monitor import SlaMonitor, SlaTargets, latest, store_for
+from gateway.sla_monitor import SlaMonitor, latest, store_for
 from gateway.sources import SourceManager
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc).timestamp()
@@ -151,9 +151,9 @@ def new_monitor(registry: Registry, clock: Clock, webhook: str | None = None, **
 
 def test_targets_come_from_the_descriptor(tmp_path: Path) -> None:
     d = load_file(sqlite_product(tmp_path, monitor_every="30s"))
-    assert SlaTargets.of(d) == SlaTargets(3600.0, "updated_at", 99.0, 99.0, 1.0, 30.0)
+    assert d.sla == Sla(3600.0, "updated_at", 99.0, 99.0, 1.0, 30.0)
     bare = load_file(pg_product(tmp_path, "bare", "postgresql://x@127.0.0.1/x", table="t"))
-    assert SlaTargets.of(bare).monitor_every == 300.0 and SlaTargets.of(bare).completeness is None
+    assert bare.sla.monitor_every == 300.0 and bare.sla.completeness is None
 
 
 def test_freshness_breach_fires_once_and_resolves_with_webhook(tmp_path: Path, receiver: Receiver) -> None:

@@ -108,7 +108,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _duration(text: str) -> float:
-    from gateway.cache import parse_duration
+    from gateway.types import parse_duration
 
     try:
         seconds = parse_duration(text)

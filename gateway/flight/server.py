@@ -66,14 +66,13 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
 from gateway.auth import Authenticator
-from gateway.cache import parse_duration
 from gateway.contract_keys import ForeignKey, KeyColumn, TableFilter
 from gateway.errors import MeshError, NotFound, Unsupported
 from gateway.flight import FlightSql_pb2 as pb
 from gateway.flight import auth, sessions
 from gateway.flight.sql_info import SQL_INFO_SCHEMA, XDBC_TYPE_INFO_SCHEMA, sql_info_table, xdbc_type_info_table
 from gateway.service import PreparedQuery, TableInfo
-from gateway.types import sql_type_name
+from gateway.types import parse_duration, sql_type_name
 from policies import ANONYMOUS, Principal
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from gateway.cache import parse_duration
 from gateway.query_history import ADMIN_ROLE, STATUSES, is_admin
 from gateway.rest.app import ApiError, caller
+from gateway.types import parse_duration
 from policies import Principal
 
 DEFAULT_LIMIT = 100

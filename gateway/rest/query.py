@@ -27,12 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
-from gateway.cache import MAX_STALENESS_HEADER, parse_duration
+from gateway.cache import MAX_STALENESS_HEADER
 from gateway.descriptor import Descriptor
 from gateway.errors import InvalidQuery, NotFound
 from gateway.names import CATALOG
 from gateway.rest.app import ApiError, Problem, caller, errors
 from gateway.rest.results import RESULT_CONTENT, negotiate, stream_result
+from gateway.types import parse_duration
 from policies import Principal
 
 router = APIRouter(tags=["query"])

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from gateway.descriptor import Descriptor
 from gateway.rest.app import caller
 from gateway.rest.query import visible_product
-from gateway.sla_monitor import SlaTargets, store_for
+from gateway.sla_monitor import store_for, targets_json
 from policies import Principal
 
 router = APIRouter()
@@ -64,7 +64,7 @@ def _product(d: Descriptor, latest: Any, history: list[Any]) -> dict[str, Any]:
     return {
         "product_id": d.product_id,
         "version": d.version,
-        "targets": SlaTargets.of(d).__dict__,
+        "targets": targets_json(d.sla),
         "latest": latest.to_json() if latest is not None else None,
         "history": [s.to_json() for s in history],
     }
